@@ -1,0 +1,40 @@
+"""pb_adapters: piggyback masks for timm and transformers vision models.
+
+One frozen, shared base model; per task a learned binary mask over its weights and a small head.
+"""
+
+from ._version import __version__
+from .config import AdapterConfig
+from .errors import (
+    AdapterNotFoundError,
+    ArtifactError,
+    BaseModelMismatchError,
+    ConfigError,
+    FormatVersionError,
+    HubError,
+    PbAdaptersError,
+    TargetingError,
+)
+from .methods import available_methods, get_method, register_method
+from .methods.piggyback import PiggybackConfig
+from .model import MaskStats, PiggybackModel, get_piggyback_model
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterNotFoundError",
+    "ArtifactError",
+    "BaseModelMismatchError",
+    "ConfigError",
+    "FormatVersionError",
+    "HubError",
+    "MaskStats",
+    "PbAdaptersError",
+    "PiggybackConfig",
+    "PiggybackModel",
+    "TargetingError",
+    "__version__",
+    "available_methods",
+    "get_method",
+    "get_piggyback_model",
+    "register_method",
+]

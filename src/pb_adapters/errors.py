@@ -1,0 +1,43 @@
+"""The exception family raised by pb_adapters.
+
+Every problem a user can act on derives from :class:`PbAdaptersError`. Problems with an artifact
+(a saved or downloaded adapter) raise :class:`ArtifactError` or a subclass, so one ``except``
+clause catches every refused load.
+"""
+
+from __future__ import annotations
+
+
+class PbAdaptersError(Exception):
+    """Base class of every error pb_adapters raises on purpose."""
+
+
+class ConfigError(PbAdaptersError, ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+class TargetingError(PbAdaptersError, ValueError):
+    """The modules to mask could not be resolved, or a targeted module is not supported."""
+
+
+class AdapterNotFoundError(PbAdaptersError, KeyError):
+    """An adapter name was used that is not loaded on the model."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class ArtifactError(PbAdaptersError, ValueError):
+    """An adapter artifact is missing, malformed, or does not fit the model it is loaded onto."""
+
+
+class FormatVersionError(ArtifactError):
+    """The artifact was written in a format version this release cannot read."""
+
+
+class BaseModelMismatchError(ArtifactError):
+    """The base model's weights differ from those the adapter was trained on."""
+
+
+class HubError(PbAdaptersError):
+    """Talking to the Hugging Face Hub failed in a way the user can fix."""

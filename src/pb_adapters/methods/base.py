@@ -1,0 +1,245 @@
+"""The method-agnostic masked layer: what every method's layer class builds on.
+
+An :class:`AdapterLayer` replaces one targeted ``Conv`` or ``Linear`` module of the base model. It
+keeps the original module as ``base_layer`` (frozen, never written), holds any number of
+adapters' state, and computes the active adapter's effective weight. Subclasses (one per method)
+only say how an adapter's state turns into a weight and into artifact tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ArtifactError, TargetingError
+
+__all__ = ["SUPPORTED_LAYER_TYPES", "AdapterLayer", "BufferDict", "is_supported_layer"]
+
+#: Module types a mask can be put on. Subclasses (timm's ``Conv2dSame``, ``StdConv2d``,
+#: ``Linear``...) are supported through the same path.
+SUPPORTED_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def is_supported_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a layer type that can carry a mask."""
+    return isinstance(module, SUPPORTED_LAYER_TYPES)
+
+
+# -- calling the wrapped layer with another weight -------------------------------------------
+def _linear_forward(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+    return F.linear(x, weight, layer.bias)
+
+
+def _conv_forward(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+    return layer._conv_forward(x, weight, layer.bias)
+
+
+def _generic_forward(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+    # Subclasses with their own forward (timm's Conv2dSame pads dynamically, StdConv2d
+    # standardises its weight): run *their* forward with the weight swapped in.
+    return torch.func.functional_call(layer, {"weight": weight}, (x,))
+
+
+def _select_forward(layer: nn.Module) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    cls = type(layer)
+    if isinstance(layer, nn.Linear) and cls.forward is nn.Linear.forward:
+        return _linear_forward
+    for conv_cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        if isinstance(layer, conv_cls) and cls.forward is conv_cls.forward:
+            return _conv_forward
+    return _generic_forward
+
+
+class BufferDict(nn.Module):
+    """A dict of buffers that follows ``.to()``, ``.cuda()`` and ``state_dict`` like parameters do."""
+
+    def __setitem__(self, key: str, value: Tensor) -> None:
+        self.register_buffer(key, value)
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._buffers[key]  # type: ignore[return-value]
+
+    def __delitem__(self, key: str) -> None:
+        del self._buffers[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._buffers
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._buffers)
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        """The keys, in insertion order."""
+        return list(self._buffers)
+
+
+class AdapterLayer(nn.Module):
+    """A targeted layer wrapped so that each adapter can change its weight.
+
+    The wrapped module stays available as ``base_layer``; ``weight`` and ``bias`` (and every other
+    attribute such as ``in_channels`` or ``out_features``) still read through to it, so code that
+    inspects the layer (transformers reads ``projection.weight.dtype``) keeps working.
+
+    In training mode (or whenever gradients flow to a trainable adapter) the effective weight is
+    recomputed every forward so gradients reach the adapter's parameters. In eval mode it is
+    computed once and reused until the adapter's state, the base weight or the device changes.
+    """
+
+    #: How the adapter's state is encoded in artifacts, recorded per module.
+    encoding: str = ""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        if not is_supported_layer(base_layer):
+            raise TargetingError(
+                f"cannot mask a {type(base_layer).__name__}; supported layer types are "
+                + ", ".join(t.__name__ for t in SUPPORTED_LAYER_TYPES)
+            )
+        super().__init__()
+        self.base_layer = base_layer
+        self.active_adapter: str | None = None
+        self.disabled = False
+        self._forward_with = _select_forward(base_layer)
+        self._eval_cache: tuple[tuple[Any, ...], Tensor] | None = None
+        for param in base_layer.parameters():
+            param.requires_grad_(False)
+
+    # -- read-through attributes ------------------------------------------------------------
+    @property
+    def weight(self) -> Tensor:
+        """The base layer's (frozen, unmasked) weight."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The base layer's (frozen) bias."""
+        return self.base_layer.bias
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+    # -- what a method implements -----------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        """Adapters this layer holds state for."""
+        raise NotImplementedError
+
+    def add_adapter(self, name: str, config: Any) -> None:
+        """Create fresh, trainable state for adapter ``name`` (the start state of training)."""
+        raise NotImplementedError
+
+    def delete_adapter(self, name: str) -> None:
+        """Drop every tensor of adapter ``name``."""
+        raise NotImplementedError
+
+    def is_trainable(self, name: str) -> bool:
+        """Whether adapter ``name`` holds trainable parameters on this layer."""
+        raise NotImplementedError
+
+    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
+        """The parameters an optimiser should update to train adapter ``name``."""
+        raise NotImplementedError
+
+    def state_tensors(self, name: str) -> list[Tensor]:
+        """Every tensor the effective weight of ``name`` depends on (used to key the eval cache)."""
+        raise NotImplementedError
+
+    def effective_weight(self, name: str) -> Tensor:
+        """The weight the layer computes with when adapter ``name`` is active."""
+        raise NotImplementedError
+
+    def mask_counts(self, name: str) -> tuple[int, int]:
+        """``(zeros, entries)`` of adapter ``name``'s mask on this layer."""
+        raise NotImplementedError
+
+    def export_adapter(self, name: str) -> dict[str, Tensor]:
+        """The tensors stored in an artifact for adapter ``name`` (compact encodings)."""
+        raise NotImplementedError
+
+    @classmethod
+    def encoding_for(cls, config: Any) -> str:
+        """The encoding name recorded in artifacts for adapters made with ``config``."""
+        raise NotImplementedError
+
+    @classmethod
+    def expected_tensors(
+        cls, shape: tuple[int, ...], config: Any
+    ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """``{key: (dtype, shape)}`` of the artifact tensors for a base weight of ``shape``."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_import(cls, shape: tuple[int, ...], tensors: dict[str, Tensor], config: Any) -> None:
+        """Raise :class:`ArtifactError` if ``tensors`` cannot be imported for a weight of ``shape``.
+
+        Called on every layer before any layer is changed, so it must not touch any state.
+        """
+        raise NotImplementedError
+
+    def import_adapter(
+        self, name: str, tensors: dict[str, Tensor], config: Any, trainable: bool
+    ) -> None:
+        """Install adapter ``name`` from artifact tensors already accepted by :meth:`check_import`."""
+        raise NotImplementedError
+
+    # -- shared machinery -------------------------------------------------------------------
+    def set_adapter(self, name: str | None) -> None:
+        """Compute with adapter ``name`` (``None``: the plain base layer)."""
+        if name is not None and name not in self.adapter_names:
+            raise KeyError(name)
+        if name != self.active_adapter:
+            self._eval_cache = None
+        self.active_adapter = name
+
+    def set_trainable(self, name: str, trainable: bool) -> None:
+        """Switch ``requires_grad`` of adapter ``name``'s parameters."""
+        for param in self.trainable_parameters(name):
+            param.requires_grad_(trainable)
+
+    def _cache_key(self, name: str) -> tuple[Any, ...]:
+        weight = self.base_layer.weight
+        parts: list[Any] = [name, weight.data_ptr(), weight._version, weight.dtype, weight.device]
+        for tensor in self.state_tensors(name):
+            parts.extend((tensor.data_ptr(), tensor._version))
+        return tuple(parts)
+
+    def _weight_for_forward(self, name: str) -> Tensor:
+        if self.training or (torch.is_grad_enabled() and self.is_trainable(name)):
+            self._eval_cache = None
+            return self.effective_weight(name)
+        key = self._cache_key(name)
+        if self._eval_cache is None or self._eval_cache[0] != key:
+            with torch.no_grad():
+                self._eval_cache = (key, self.effective_weight(name))
+        return self._eval_cache[1]
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """Run the base layer with the active adapter's effective weight."""
+        name = self.active_adapter
+        if self.disabled or name is None:
+            return self.base_layer(x, *args, **kwargs)
+        return self._forward_with(self.base_layer, x, self._weight_for_forward(name))
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> AdapterLayer:
+        self._eval_cache = None  # a moved or cast model must not reuse a stale weight
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        return f"adapters={self.adapter_names}, active={self.active_adapter!r}"
+
+    @staticmethod
+    def _require(condition: bool, message: str) -> None:
+        """Raise :class:`ArtifactError` with ``message`` unless ``condition`` holds."""
+        if not condition:
+            raise ArtifactError(message)

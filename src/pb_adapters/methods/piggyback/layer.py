@@ -1,0 +1,223 @@
+"""The piggyback masked layer: ``W * mask``, with mask = 1[score > threshold]."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ...serialization import count_zero_bits, pack_bits, packed_size, unpack_bits
+from ..base import AdapterLayer, BufferDict
+from .config import PiggybackConfig
+
+__all__ = ["PiggybackLayer", "binarize"]
+
+
+class _StraightThroughMask(torch.autograd.Function):
+    """Hard threshold forward, identity backward (the official piggyback binarizer)."""
+
+    @staticmethod
+    def forward(ctx: object, scores: Tensor, threshold: float, ternary: bool) -> Tensor:
+        mask = (scores > threshold).to(scores.dtype)
+        if ternary:
+            mask = mask - (scores < 0).to(scores.dtype)
+        return mask
+
+    @staticmethod
+    def backward(ctx: object, grad_output: Tensor) -> tuple[Tensor, None, None]:
+        return grad_output, None, None
+
+
+def binarize(scores: Tensor, threshold: float, ternary: bool = False) -> Tensor:
+    """The hard mask of ``scores`` with a straight-through gradient.
+
+    Binary: 1 where ``score > threshold``, else 0. Ternary: 1 where ``score > threshold``, -1
+    where ``score < 0``, else 0. The gradient with respect to ``scores`` is the incoming gradient,
+    unchanged.
+    """
+    return _StraightThroughMask.apply(scores, threshold, ternary)
+
+
+class PiggybackLayer(AdapterLayer):
+    """A Conv/Linear layer whose weight each adapter masks elementwise.
+
+    A trainable adapter holds one real-valued score per weight (``mask_scores[name]``, float32
+    whatever the base dtype). A loaded, frozen adapter holds only its packed mask
+    (``packed_masks[name]``: 1 bit per weight, plus a packed sign plane when ternary), so inactive
+    tasks cost 1 bit (binary) or 2 bits (ternary) per masked weight in memory.
+    """
+
+    encoding = "bitpack"
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.mask_scores = nn.ParameterDict()
+        self.packed_masks = BufferDict()
+        self.packed_signs = BufferDict()
+        self.adapter_settings: dict[str, tuple[float, bool]] = {}  # name -> (threshold, ternary)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        """Adapters this layer holds a mask for."""
+        return list(self.adapter_settings)
+
+    def _settings(self, config: PiggybackConfig) -> tuple[float, bool]:
+        return float(config.threshold), config.mask_type == "ternary"
+
+    def add_adapter(self, name: str, config: PiggybackConfig) -> None:
+        """Start adapter ``name`` from scores of ``config.mask_init`` (an all-ones mask)."""
+        weight = self.base_layer.weight
+        scores = torch.full(
+            weight.shape, float(config.mask_init), dtype=torch.float32, device=weight.device
+        )
+        self.delete_adapter(name)
+        self.mask_scores[name] = nn.Parameter(scores)
+        self.adapter_settings[name] = self._settings(config)
+
+    def delete_adapter(self, name: str) -> None:
+        """Drop adapter ``name``'s scores or packed mask."""
+        for store in (self.mask_scores, self.packed_masks, self.packed_signs):
+            if name in store:
+                del store[name]
+        self.adapter_settings.pop(name, None)
+        if self.active_adapter == name:
+            self.set_adapter(None)
+        self._eval_cache = None
+
+    def is_trainable(self, name: str) -> bool:
+        """True while adapter ``name`` holds real-valued scores rather than a packed mask."""
+        return name in self.mask_scores
+
+    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
+        """The score tensor of adapter ``name`` (empty for a frozen, packed adapter)."""
+        return [self.mask_scores[name]] if name in self.mask_scores else []
+
+    def state_tensors(self, name: str) -> list[Tensor]:
+        """The scores, or the packed planes, that adapter ``name``'s mask is computed from."""
+        if name in self.mask_scores:
+            return [self.mask_scores[name]]
+        return [self.packed_masks[name]] + (
+            [self.packed_signs[name]] if name in self.packed_signs else []
+        )
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        # Scores stay float32 when the model is cast to half precision: Adam's 1e-4 steps on
+        # scores near 1e-2 would vanish in bfloat16. Devices still follow the model.
+        saved = {name: param.data for name, param in self.mask_scores.items()}
+        super()._apply(fn, recurse)
+        for name, param in self.mask_scores.items():
+            if param.dtype != torch.float32:
+                param.data = saved[name].to(device=param.device, dtype=torch.float32)
+        return self
+
+    # -- the mask ---------------------------------------------------------------------------
+    def mask(self, name: str) -> Tensor:
+        """Adapter ``name``'s mask as a float32 tensor of the weight's shape ({0,1} or {-1,0,1})."""
+        threshold, ternary = self.adapter_settings[name]
+        if name in self.mask_scores:
+            return binarize(self.mask_scores[name], threshold, ternary)
+        shape = self.base_layer.weight.shape
+        numel = self.base_layer.weight.numel()
+        mask = unpack_bits(self.packed_masks[name], numel).to(torch.float32)
+        if ternary:
+            mask = mask - 2 * unpack_bits(self.packed_signs[name], numel).to(torch.float32)
+        return mask.view(shape)
+
+    def effective_weight(self, name: str) -> Tensor:
+        """``W * mask``; differentiable with respect to the scores when the adapter trains."""
+        weight = self.base_layer.weight
+        return weight * self.mask(name).to(weight.dtype)
+
+    def mask_counts(self, name: str) -> tuple[int, int]:
+        """``(zeros, weights)`` of adapter ``name``'s mask."""
+        numel = self.base_layer.weight.numel()
+        if name in self.mask_scores:
+            with torch.no_grad():
+                zeros = int((self.mask(name) == 0).sum())
+            return zeros, numel
+        return count_zero_bits(self.packed_masks[name], numel), numel
+
+    # -- artifact ---------------------------------------------------------------------------
+    def export_adapter(self, name: str) -> dict[str, Tensor]:
+        """``{"mask": packed nonzero bits}`` (+ ``"sign"``: packed negative bits when ternary)."""
+        if name not in self.mask_scores:
+            out = {"mask": self.packed_masks[name]}
+            if name in self.packed_signs:
+                out["sign"] = self.packed_signs[name]
+            return out
+        with torch.no_grad():
+            mask = self.mask(name)
+        out = {"mask": pack_bits(mask != 0)}
+        if self.adapter_settings[name][1]:
+            out["sign"] = pack_bits(mask < 0)
+        return out
+
+    @classmethod
+    def encoding_for(cls, config: PiggybackConfig) -> str:
+        """``"bitpack"`` (1 bit per weight) or ``"bitpack+sign"`` (ternary: 2 bits per weight)."""
+        return "bitpack+sign" if config.mask_type == "ternary" else "bitpack"
+
+    @classmethod
+    def expected_tensors(
+        cls, shape: tuple[int, ...], config: PiggybackConfig
+    ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Keys, dtypes and shapes :meth:`export_adapter` produces for a weight of ``shape``."""
+        size = (packed_size(math.prod(shape)),)
+        expected = {"mask": (torch.uint8, size)}
+        if config.mask_type == "ternary":
+            expected["sign"] = (torch.uint8, size)
+        return expected
+
+    @classmethod
+    def check_import(
+        cls, shape: tuple[int, ...], tensors: dict[str, Tensor], config: PiggybackConfig
+    ) -> None:
+        """Refuse tensors that do not fit a weight of ``shape``; changes nothing."""
+        expected = cls.expected_tensors(shape, config)
+        cls._require(
+            set(tensors) == set(expected),
+            f"expected tensors {sorted(expected)}, got {sorted(tensors)}",
+        )
+        for key, (dtype, size) in expected.items():
+            tensor = tensors[key]
+            cls._require(
+                tensor.dtype == dtype and tuple(tensor.shape) == size,
+                f"tensor {key!r} must be {dtype} of shape {list(size)}, got {tensor.dtype} {list(tensor.shape)}",
+            )
+        numel = math.prod(shape)
+        if numel % 8:
+            # Padding bits past the last weight are written as 0; anything else is corruption.
+            pad_mask = (1 << (8 - numel % 8)) - 1
+            for key in expected:
+                cls._require(
+                    int(tensors[key][-1]) & pad_mask == 0, f"tensor {key!r} has padding bits set"
+                )
+        if "sign" in tensors:
+            # A weight cannot be both zero and negative: sign bits must be a subset of mask bits.
+            cls._require(
+                bool(((tensors["sign"] & ~tensors["mask"]) == 0).all()),
+                "ternary sign bits are set where the mask is zero",
+            )
+
+    def import_adapter(
+        self, name: str, tensors: dict[str, Tensor], config: PiggybackConfig, trainable: bool
+    ) -> None:
+        """Install a saved mask, packed (frozen) or as scores that reproduce it (trainable)."""
+        self.delete_adapter(name)
+        device = self.base_layer.weight.device
+        self.adapter_settings[name] = self._settings(config)
+        self.packed_masks[name] = tensors["mask"].to(device).clone()
+        if "sign" in tensors:
+            self.packed_signs[name] = tensors["sign"].to(device).clone()
+        if trainable:
+            mask = self.mask(name)
+            init, threshold = float(config.mask_init), float(config.threshold)
+            # Scores that reproduce the mask exactly: +init for 1, -init for -1, between 0 and
+            # the threshold for 0.
+            scores = torch.where(mask > 0, init, torch.where(mask < 0, -init, threshold / 2))
+            del self.packed_masks[name]
+            if name in self.packed_signs:
+                del self.packed_signs[name]
+            self.mask_scores[name] = nn.Parameter(scores.to(torch.float32))

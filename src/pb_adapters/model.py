@@ -1,0 +1,827 @@
+"""``PiggybackModel``: the method-agnostic wrapper that owns adapters, heads and artifacts.
+
+The wrapper injects one method's layers into a timm or transformers model, keeps every base
+weight frozen and shared, and gives each task (adapter) its own masks, head and, optionally, norm
+layers. Which method is used is decided by the adapter's config through the registry in
+:mod:`pb_adapters.methods`; nothing here is specific to one method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._version import __version__
+from .config import AdapterConfig
+from .errors import (
+    AdapterNotFoundError,
+    ArtifactError,
+    BaseModelMismatchError,
+    ConfigError,
+    TargetingError,
+)
+from .heads import LabelState, copy_head, create_task_head, get_label_state, set_label_state
+from .methods import get_method
+from .methods.base import AdapterLayer, is_supported_layer
+from .serialization import (
+    FORMAT_VERSION,
+    fingerprint_tensors,
+    iter_base_tensors,
+    read_adapter_config,
+    read_adapter_tensors,
+    write_artifact,
+)
+from .targeting import (
+    find_head_paths,
+    find_norm_paths,
+    is_norm_layer,
+    match_module_names,
+    model_family,
+    resolve_target_modules,
+)
+
+__all__ = ["MaskStats", "PiggybackModel", "get_piggyback_model"]
+
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def validate_adapter_name(name: Any) -> str:
+    """Refuse adapter names that could not be used as a folder or module key."""
+    if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name):
+        raise ConfigError(
+            f"invalid adapter name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return name
+
+
+def _key(path: str) -> str:
+    # Module paths are dotted identifiers; '-' never occurs in one, so the escape is reversible.
+    return path.replace(".", "-")
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, module)
+
+
+def _module_tensors(module: nn.Module) -> dict[str, Tensor]:
+    """A task module's stored tensors: parameters and persistent buffers, no step counters."""
+    return {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+@dataclass
+class MaskStats:
+    """How much of the base each mask removes.
+
+    Attributes:
+        per_layer: Fraction of zeros in each masked layer's mask.
+        total: Fraction of zeros over every masked weight.
+        zeros: Number of masked-out entries.
+        num_masked: Number of mask entries (masked weights, for per-weight methods).
+    """
+
+    per_layer: dict[str, float] = field(default_factory=dict)
+    total: float = 0.0
+    zeros: int = 0
+    num_masked: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"mask sparsity: {self.total:.2%} zeros ({self.zeros:,} of {self.num_masked:,} entries "
+            f"in {len(self.per_layer)} layers)"
+        )
+
+
+@dataclass
+class _LoadPlan:
+    """Everything a load needs, checked against the model before anything is changed."""
+
+    config: AdapterConfig
+    data: dict[str, Any]
+    layer_tensors: dict[str, dict[str, Tensor]]
+    modules: dict[str, tuple[str, nn.Module]]  # path -> (kind, module ready to install)
+
+
+class PiggybackModel(nn.Module):
+    """A frozen, shared base model plus any number of per-task adapters.
+
+    Create one with :func:`get_piggyback_model` (to train a new task) or
+    :meth:`PiggybackModel.from_pretrained` (to use a saved one). Calling the wrapper calls the
+    base model, with the active adapter's masks, head and label metadata in place, and returns
+    what the base returns (timm: logits; transformers: ``ImageClassifierOutput``).
+
+    Attributes:
+        base_model: The wrapped timm / transformers model (its targeted layers replaced by
+            adapter layers that read through to the originals).
+        peft_config: ``{adapter name: config}``.
+        active_adapter: The adapter in use, or ``None`` for the plain base.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if isinstance(model, PiggybackModel):
+            raise TypeError("the model is already a PiggybackModel; use add_adapter on it")
+        super().__init__()
+        self.base_model = model
+        self.peft_config: dict[str, AdapterConfig] = {}
+        self.active_adapter: str | None = None
+        # Per-task copies of whole modules (heads, norms, modules_to_save), swapped into the
+        # base on set_adapter; the base's originals are kept to swap back.
+        self.task_modules = nn.ModuleDict()
+        self.base_modules = nn.ModuleDict()
+        self._module_kinds: dict[str, dict[str, str]] = {}  # adapter -> path -> kind
+        self._targets: dict[str, list[str]] = {}
+        self._labels: dict[str, LabelState] = {}
+        self._frozen: set[str] = set()  # adapters loaded for inference only
+        self._base_labels = get_label_state(model)
+        self._head_paths = find_head_paths(model)
+        self._fingerprint_cache: tuple[tuple[Any, ...], str] | None = None
+        for param in model.parameters():
+            param.requires_grad_(False)
+
+    # ------------------------------------------------------------------ passthrough
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the base model with the active adapter in place."""
+        return self.base_model(*args, **kwargs)
+
+    @property
+    def family(self) -> str:
+        """``"timm"``, ``"transformers"`` or ``"torch"``."""
+        return model_family(self.base_model)
+
+    @property
+    def head_paths(self) -> list[str]:
+        """Module paths of the classifier layer(s) each task replaces."""
+        return list(self._head_paths)
+
+    @property
+    def adapters(self) -> dict[str, AdapterConfig]:
+        """The loaded adapters and their configs."""
+        return dict(self.peft_config)
+
+    def adapter_layers(self) -> Iterator[tuple[str, AdapterLayer]]:
+        """``(path, layer)`` for every adapter layer in the base model."""
+        for name, module in self.base_model.named_modules():
+            if isinstance(module, AdapterLayer):
+                yield name, module
+
+    # ------------------------------------------------------------------ adapters
+    def _require_adapter(self, name: str) -> None:
+        if name not in self.peft_config:
+            loaded = ", ".join(self.peft_config) or "none"
+            raise AdapterNotFoundError(f"no adapter named {name!r} (loaded: {loaded})")
+
+    def _method_of_model(self) -> str | None:
+        return next((c.method for c in self.peft_config.values()), None)
+
+    def _wrap_targets(
+        self, targets: list[str], layer_class: type[AdapterLayer]
+    ) -> dict[str, AdapterLayer]:
+        layers: dict[str, AdapterLayer] = {}
+        for path in targets:
+            module = self.base_model.get_submodule(path)
+            if not isinstance(module, AdapterLayer):
+                module = layer_class(module)
+                _set_submodule(self.base_model, path, module)
+            layers[path] = module
+        return layers
+
+    def _check_method(self, config: AdapterConfig) -> None:
+        current = self._method_of_model()
+        if current is not None and current != config.method:
+            raise ConfigError(
+                f"this model holds {current!r} adapters; adding a {config.method!r} adapter to the same "
+                "model is not supported, wrap a second copy of the base instead"
+            )
+
+    def _new_task_modules(self, config: AdapterConfig) -> dict[str, tuple[str, nn.Module]]:
+        """Fresh head(s), and per-task norm / saved-module copies, for a new adapter."""
+        with self._base_installed():
+            modules: dict[str, tuple[str, nn.Module]] = {}
+            if config.num_labels is not None and not self._head_paths:
+                raise TargetingError(
+                    f"cannot find the classifier head of {type(self.base_model).__name__} to give the task "
+                    "its own; set pretrained_cfg['classifier'] (timm) or use a *ForImageClassification model"
+                )
+            for path in self._head_paths:
+                if config.num_labels is not None:
+                    head = create_task_head(self.base_model, path, config.num_labels)
+                else:
+                    head = copy_head(self.base_model, path)
+                modules[path] = ("head", head)
+            if config.train_norms:
+                for path in find_norm_paths(self.base_model, skip=self._head_paths):
+                    modules[path] = ("norm", copy.deepcopy(self.base_model.get_submodule(path)))
+            if config.modules_to_save:
+                names = [n for n, _ in self.base_model.named_modules() if n]
+                for path in match_module_names(names, config.modules_to_save):
+                    if path not in modules:
+                        modules[path] = (
+                            "module",
+                            copy.deepcopy(self.base_model.get_submodule(path)),
+                        )
+        return modules
+
+    def _register_task_modules(self, name: str, modules: dict[str, tuple[str, nn.Module]]) -> None:
+        with self._base_installed():
+            store = nn.ModuleDict()
+            for path, (_, module) in modules.items():
+                if _key(path) not in self.base_modules:
+                    self.base_modules[_key(path)] = self.base_model.get_submodule(path)
+                store[_key(path)] = module
+            self.task_modules[name] = store
+        self._module_kinds[name] = {path: kind for path, (kind, _) in modules.items()}
+
+    def _labels_for(self, config: AdapterConfig) -> LabelState:
+        if config.num_labels is None:
+            return copy.deepcopy(self._base_labels)
+        id2label = config.id2label or {i: f"LABEL_{i}" for i in range(config.num_labels)}
+        label2id = config.label2id or {v: k for k, v in id2label.items()}
+        return LabelState(config.num_labels, dict(id2label), dict(label2id))
+
+    def add_adapter(self, adapter_name: str, config: AdapterConfig) -> None:
+        """Add a new, trainable adapter (masks at their start state, a fresh head).
+
+        Like PEFT, this does not make the new adapter active; call :meth:`set_adapter`.
+        """
+        validate_adapter_name(adapter_name)
+        if not isinstance(config, AdapterConfig):
+            raise ConfigError(f"config must be an AdapterConfig, got {type(config).__name__}")
+        if adapter_name in self.peft_config:
+            raise ConfigError(
+                f"an adapter named {adapter_name!r} is already loaded; delete_adapter it first"
+            )
+        self._check_method(config)
+        spec = get_method(config.method)
+        config = copy.deepcopy(config)
+        self._fill_base_identity(config)
+        targets = resolve_target_modules(
+            self.base_model, config.target_modules, config.exclude_modules
+        )
+        task_modules = self._new_task_modules(config)
+        for path, layer in self._wrap_targets(targets, spec.layer_class).items():
+            if not isinstance(layer, spec.layer_class):
+                raise ConfigError(f"module {path!r} already holds a {type(layer).__name__}")
+            layer.add_adapter(adapter_name, config)
+        self.peft_config[adapter_name] = config
+        self._targets[adapter_name] = targets
+        self._labels[adapter_name] = self._labels_for(config)
+        self._register_task_modules(adapter_name, task_modules)
+        for _, module in task_modules.values():
+            module.requires_grad_(False)
+        if self.active_adapter is None:
+            self.set_adapter(adapter_name)
+        else:
+            self.set_adapter(self.active_adapter)
+
+    def _fill_base_identity(self, config: AdapterConfig) -> None:
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = self._base_identity()["name_or_path"]
+        if config.base_model_revision is None:
+            config.base_model_revision = self._base_identity()["revision"]
+
+    def _install(self, name: str | None) -> None:
+        """Put adapter ``name``'s task modules (or the base's, for ``None``) into the base model."""
+        own = dict(self.task_modules[name].items()) if name is not None else {}
+        for key, base_module in self.base_modules.items():
+            module = own.get(key, base_module)
+            path = key.replace("-", ".")
+            if self.base_model.get_submodule(path) is not module:
+                _set_submodule(self.base_model, path, module)
+
+    @contextlib.contextmanager
+    def _base_installed(self) -> Iterator[None]:
+        previous = self.active_adapter
+        self._install(None)
+        try:
+            yield
+        finally:
+            self._install(previous)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the active task: its masks, head, norms and labels take effect.
+
+        Only the active adapter's parameters are trainable.
+        """
+        self._require_adapter(adapter_name)
+        for _, layer in self.adapter_layers():
+            layer.set_adapter(adapter_name if adapter_name in layer.adapter_names else None)
+        self._install(adapter_name)
+        set_label_state(self.base_model, self._labels[adapter_name])
+        self.active_adapter = adapter_name
+        self._update_trainable()
+        self.train(self.training)
+
+    def _update_trainable(self) -> None:
+        for _, layer in self.adapter_layers():
+            for name in layer.adapter_names:
+                layer.set_trainable(name, name == self.active_adapter)
+        for name, store in self.task_modules.items():
+            config = self.peft_config[name]
+            kinds = self._module_kinds[name]
+            for key, module in store.items():
+                kind = kinds[key.replace("-", ".")]
+                trainable = (
+                    name == self.active_adapter
+                    and name not in self._frozen
+                    and (kind != "head" or config.train_head)
+                )
+                module.requires_grad_(trainable)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter and everything it holds; another loaded adapter becomes active."""
+        self._require_adapter(adapter_name)
+        for _, layer in self.adapter_layers():
+            if adapter_name in layer.adapter_names:
+                layer.delete_adapter(adapter_name)
+        del self.task_modules[adapter_name]
+        for store in (self.peft_config, self._module_kinds, self._targets, self._labels):
+            store.pop(adapter_name, None)
+        self._frozen.discard(adapter_name)
+        if self.active_adapter == adapter_name:
+            self.active_adapter = None
+            remaining = next(iter(self.peft_config), None)
+            if remaining is not None:
+                self.set_adapter(remaining)
+            else:
+                self._install(None)
+                set_label_state(self.base_model, self._base_labels)
+                for _, layer in self.adapter_layers():
+                    layer.set_adapter(None)
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[PiggybackModel]:
+        """Within the block the model is the plain base model, with the base head."""
+        previous = self.active_adapter
+        layers = [layer for _, layer in self.adapter_layers()]
+        for layer in layers:
+            layer.disabled = True
+        self._install(None)
+        set_label_state(self.base_model, self._base_labels)
+        try:
+            yield self
+        finally:
+            for layer in layers:
+                layer.disabled = False
+            if previous is not None:
+                self.set_adapter(previous)
+
+    # ------------------------------------------------------------------ training helpers
+    def train(self, mode: bool = True) -> PiggybackModel:
+        """Set training mode; norm layers the active task does not train stay in eval mode.
+
+        Frozen BatchNorm in eval mode keeps its running statistics untouched, as in the official
+        piggyback code.
+        """
+        super().train(mode)
+        if mode:
+            trained = set()
+            if self.active_adapter is not None:
+                kinds = self._module_kinds[self.active_adapter]
+                store = self.task_modules[self.active_adapter]
+                trained = {
+                    id(m)
+                    for k, m in store.items()
+                    if kinds[k.replace("-", ".")] in ("norm", "module")
+                }
+            for module in self.base_model.modules():
+                if is_norm_layer(module) and id(module) not in trained:
+                    module.eval()
+        return self
+
+    def parameter_groups(self, adapter_name: str | None = None) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters of an adapter, grouped for separate learning rates.
+
+        Keys: ``"masks"`` (the method's layer parameters), ``"head"``, ``"norms"``, and
+        ``"modules"`` (``modules_to_save``); empty groups are left out.
+        """
+        name = adapter_name or self.active_adapter
+        if name is None:
+            return {}
+        self._require_adapter(name)
+        groups: dict[str, list[nn.Parameter]] = {
+            "masks": [],
+            "head": [],
+            "norms": [],
+            "modules": [],
+        }
+        for _, layer in self.adapter_layers():
+            if name in layer.adapter_names:
+                groups["masks"].extend(
+                    p for p in layer.trainable_parameters(name) if p.requires_grad
+                )
+        kind_to_group = {"head": "head", "norm": "norms", "module": "modules"}
+        kinds = self._module_kinds[name]
+        for key, module in self.task_modules[name].items():
+            group = groups[kind_to_group[kinds[key.replace("-", ".")]]]
+            group.extend(p for p in module.parameters() if p.requires_grad)
+        return {k: v for k, v in groups.items() if v}
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts; total counts the base once plus adapter state."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        """Print trainable and total parameter counts, as PEFT does, plus the masked weights."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,} || all params: {total:,} || "
+            f"trainable%: {100 * trainable / max(total, 1):.4f}"
+        )
+        if self.active_adapter is not None:
+            stats = self.mask_stats()
+            print(f"masked layers: {len(stats.per_layer)} || mask entries: {stats.num_masked:,}")
+
+    def mask_stats(self, adapter_name: str | None = None) -> MaskStats:
+        """Per-layer and total fraction of zeros in an adapter's masks (default: the active one)."""
+        name = adapter_name or self.active_adapter
+        if name is None:
+            raise AdapterNotFoundError("no adapter is active; pass adapter_name")
+        self._require_adapter(name)
+        stats = MaskStats()
+        for path, layer in self.adapter_layers():
+            if name in layer.adapter_names:
+                zeros, entries = layer.mask_counts(name)
+                stats.per_layer[path] = zeros / max(entries, 1)
+                stats.zeros += zeros
+                stats.num_masked += entries
+        stats.total = stats.zeros / max(stats.num_masked, 1)
+        return stats
+
+    # ------------------------------------------------------------------ base identity
+    def _base_identity(self) -> dict[str, Any]:
+        model = self.base_model
+        family = model_family(model)
+        name: str | None = None
+        revision: str | None = None
+        architecture: str | None = None
+        if family == "timm":
+            cfg = model.pretrained_cfg
+            architecture = cfg.get("architecture")
+            hub_id = cfg.get("hf_hub_id")
+            name = f"hf-hub:{hub_id}" if hub_id else architecture
+        elif family == "transformers":
+            name = getattr(model, "name_or_path", None) or model.config._name_or_path or None
+            revision = getattr(model.config, "_commit_hash", None)
+            architecture = type(model).__name__
+        else:
+            architecture = type(model).__name__
+        with self._base_installed():
+            num_parameters = sum(t.numel() for n, t in iter_base_tensors(model) if n)
+        return {
+            "name_or_path": name,
+            "revision": revision,
+            "library": family,
+            "architecture": architecture,
+            "num_parameters": num_parameters,
+        }
+
+    def base_fingerprint(self) -> str:
+        """SHA-256 of every base weight and buffer (the head excluded) that adapters rely on."""
+        with self._base_installed():
+            items = list(iter_base_tensors(self.base_model, skip=self._head_paths))
+        key = tuple((n, t.data_ptr(), t._version, t.dtype) for n, t in items)
+        if self._fingerprint_cache is None or self._fingerprint_cache[0] != key:
+            self._fingerprint_cache = (key, fingerprint_tensors(items))
+        return self._fingerprint_cache[1]
+
+    # ------------------------------------------------------------------ saving
+    def _artifact(
+        self, name: str, metrics: dict[str, Any] | None, datasets: list[str] | None
+    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        config = self.peft_config[name]
+        spec = get_method(config.method)
+        tensors: dict[str, Tensor] = {}
+        records: list[dict[str, Any]] = []
+        for path, layer in self.adapter_layers():
+            if name not in layer.adapter_names:
+                continue
+            for key, tensor in layer.export_adapter(name).items():
+                tensors[f"layers.{path}.{key}"] = tensor
+            zeros, _ = layer.mask_counts(name)
+            shape = list(layer.base_layer.weight.shape)
+            records.append(
+                {
+                    "name": path,
+                    "type": type(layer.base_layer).__name__,
+                    "shape": shape,
+                    "numel": math.prod(shape),
+                    "encoding": spec.layer_class.encoding_for(config),
+                    "zeros": zeros,
+                }
+            )
+        saved = []
+        kinds = self._module_kinds[name]
+        for key, module in self.task_modules[name].items():
+            path = key.replace("-", ".")
+            module_tensors = _module_tensors(module)
+            for tkey, tensor in module_tensors.items():
+                tensors[f"modules.{path}.{tkey}"] = tensor
+            saved.append(
+                {
+                    "path": path,
+                    "kind": kinds[path],
+                    "type": type(module).__name__,
+                    "tensors": {k: list(v.shape) for k, v in module_tensors.items()},
+                }
+            )
+        identity = self._base_identity()
+        identity["name_or_path"] = config.base_model_name_or_path or identity["name_or_path"]
+        identity["revision"] = config.base_model_revision or identity["revision"]
+        identity["fingerprint"] = self.base_fingerprint()
+        labels = self._labels[name]
+        data: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "library": "pb-adapters",
+            "library_version": __version__,
+            "method": config.method,
+            "config": config.to_dict(),
+            "base_model": identity,
+            "modules": records,
+            "head": {
+                "paths": list(self._head_paths),
+                "num_labels": labels.num_labels,
+                "stored": True,
+            },
+            "id2label": {str(k): v for k, v in (labels.id2label or {}).items()} or None,
+            "label2id": labels.label2id,
+            "saved_modules": saved,
+            "metrics": metrics,
+            "datasets": datasets,
+        }
+        return data, tensors
+
+    def save_pretrained(
+        self,
+        save_directory: str | Path,
+        adapter_name: str | None = None,
+        *,
+        metrics: dict[str, Any] | None = None,
+        datasets: list[str] | None = None,
+    ) -> Path:
+        """Write one adapter (default: the active one) as an artifact folder.
+
+        The folder gets ``adapter_config.json`` and ``adapter_model.safetensors`` (masks
+        bit-packed, head and per-task norm weights). ``metrics`` (e.g. ``{"accuracy": 0.98}``) and
+        ``datasets`` are recorded for the model card. Files are replaced atomically.
+        """
+        name = adapter_name or self.active_adapter
+        if name is None:
+            raise AdapterNotFoundError("no adapter to save: add or load one first")
+        self._require_adapter(name)
+        data, tensors = self._artifact(name, metrics, datasets)
+        return write_artifact(save_directory, data, tensors)
+
+    def adapter_size(self, adapter_name: str | None = None) -> dict[str, float]:
+        """Bytes an adapter takes in an artifact: masks, task modules, and bits per mask entry."""
+        name = adapter_name or self.active_adapter
+        if name is None:
+            raise AdapterNotFoundError("no adapter is active; pass adapter_name")
+        self._require_adapter(name)
+        data, tensors = self._artifact(name, None, None)
+        mask_bytes = sum(
+            t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("layers.")
+        )
+        module_bytes = sum(
+            t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("modules.")
+        )
+        masked = sum(r["numel"] for r in data["modules"])
+        return {
+            "mask_bytes": mask_bytes,
+            "module_bytes": module_bytes,
+            "masked_weights": masked,
+            "bits_per_masked_weight": 8 * mask_bytes / max(masked, 1),
+        }
+
+    # ------------------------------------------------------------------ loading
+    def _plan_load(self, folder: Path, adapter_name: str, verify_base: bool) -> _LoadPlan:
+        """Check an artifact against this model and read its tensors; change nothing."""
+        data = read_adapter_config(folder)
+        try:
+            config = AdapterConfig.from_dict(data["config"])
+        except ConfigError as err:
+            raise ArtifactError(f"{folder}: invalid adapter config: {err}") from None
+        spec = get_method(config.method)
+        if adapter_name in self.peft_config:
+            raise ConfigError(
+                f"an adapter named {adapter_name!r} is already loaded; delete_adapter it first"
+            )
+        current = self._method_of_model()
+        if current is not None and current != config.method:
+            raise ArtifactError(
+                f"the artifact is a {config.method!r} adapter but this model holds {current!r} ones"
+            )
+        architecture = data["base_model"].get("architecture") or "another model"
+
+        expected: dict[str, tuple[torch.dtype | None, tuple[int, ...]]] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        for record in data["modules"]:
+            path = record["name"]
+            try:
+                module = self.base_model.get_submodule(path)
+            except AttributeError:
+                raise ArtifactError(
+                    f"the base model has no module {path!r}; the adapter was made for {architecture}"
+                ) from None
+            if isinstance(module, AdapterLayer):
+                if not isinstance(module, spec.layer_class):
+                    raise ArtifactError(f"module {path!r} already holds a {type(module).__name__}")
+                module = module.base_layer
+            if not is_supported_layer(module):
+                raise ArtifactError(
+                    f"module {path!r} is a {type(module).__name__}, which cannot carry a mask"
+                )
+            shape = tuple(module.weight.shape)
+            if list(shape) != record["shape"]:
+                raise ArtifactError(
+                    f"module {path!r} has weight shape {list(shape)} but the adapter expects "
+                    f"{record['shape']}; the adapter was made for {architecture}"
+                )
+            shapes[path] = shape
+            for key, spec_tuple in spec.layer_class.expected_tensors(shape, config).items():
+                expected[f"layers.{path}.{key}"] = spec_tuple
+
+        head_paths = data["head"]["paths"]
+        if sorted(head_paths) != sorted(self._head_paths):
+            raise ArtifactError(
+                f"the adapter's heads are at {head_paths} but this model's are at {self._head_paths}; "
+                f"the adapter was made for {architecture}"
+            )
+        modules: dict[str, tuple[str, nn.Module]] = {}
+        with self._base_installed():
+            fresh = self._new_task_modules(config)
+            for record in data["saved_modules"]:
+                path, kind = record["path"], record["kind"]
+                if path not in fresh or fresh[path][0] != kind:
+                    raise ArtifactError(
+                        f"the artifact stores a {kind} at {path!r}, which this model does not have"
+                    )
+                module = fresh[path][1]
+                own = {k: tuple(v.shape) for k, v in _module_tensors(module).items()}
+                recorded = {k: tuple(v) for k, v in record["tensors"].items()}
+                if own != recorded:
+                    raise ArtifactError(
+                        f"the {kind} at {path!r} has tensors {own} here but {recorded} in the artifact"
+                    )
+                for key, shape in own.items():
+                    expected[f"modules.{path}.{key}"] = (None, shape)
+                modules[path] = (kind, module)
+            missing = sorted(set(fresh) - set(modules))
+            if missing:
+                raise ArtifactError(f"the artifact lacks the task modules {missing}")
+            if verify_base:
+                self._verify_fingerprint(data)
+
+        tensors = read_adapter_tensors(folder, expected, data["weights_sha256"])
+        layer_tensors: dict[str, dict[str, Tensor]] = {}
+        for path, shape in shapes.items():
+            prefix = f"layers.{path}."
+            own_tensors = {
+                k[len(prefix) :]: v
+                for k, v in tensors.items()
+                if k.startswith(prefix) and "." not in k[len(prefix) :]
+            }
+            try:
+                spec.layer_class.check_import(shape, own_tensors, config)
+            except ArtifactError as err:
+                raise ArtifactError(f"module {path!r}: {err}") from None
+            layer_tensors[path] = own_tensors
+        for path, (_, module) in modules.items():
+            prefix = f"modules.{path}."
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            reference = next(iter(_module_tensors(module).values()), None)
+            if reference is not None:
+                state = {
+                    k: v.to(dtype=reference.dtype, device=reference.device)
+                    for k, v in state.items()
+                }
+            module.load_state_dict(state, strict=False)
+        return _LoadPlan(config=config, data=data, layer_tensors=layer_tensors, modules=modules)
+
+    def _verify_fingerprint(self, data: dict[str, Any]) -> None:
+        expected = data["base_model"]["fingerprint"]
+        actual = self.base_fingerprint()
+        if expected != actual:
+            base = data["base_model"]
+            where = base.get("name_or_path") or base.get("architecture") or "unknown"
+            revision = f" at revision {base['revision']}" if base.get("revision") else ""
+            raise BaseModelMismatchError(
+                f"the base model's weights differ from those the adapter was trained on "
+                f"(expected {expected[:19]}..., got {actual[:19]}...). The adapter was made for "
+                f"{where}{revision}: create the base from exactly that checkpoint, in its original "
+                "dtype, or pass verify_base=False if you know the difference is harmless."
+            )
+
+    def _apply_plan(self, plan: _LoadPlan, adapter_name: str, is_trainable: bool) -> None:
+        spec = get_method(plan.config.method)
+        layers = self._wrap_targets(list(plan.layer_tensors), spec.layer_class)
+        for path, layer in layers.items():
+            layer.import_adapter(adapter_name, plan.layer_tensors[path], plan.config, is_trainable)
+        self.peft_config[adapter_name] = plan.config
+        self._targets[adapter_name] = list(plan.layer_tensors)
+        labels = plan.data.get("id2label")
+        state = self._labels_for(plan.config)
+        if labels:
+            state.id2label = {int(k): v for k, v in labels.items()}
+            state.label2id = plan.data.get("label2id") or {v: k for k, v in state.id2label.items()}
+        if plan.data["head"].get("num_labels") is not None:
+            state.num_labels = plan.data["head"]["num_labels"]
+        self._labels[adapter_name] = state
+        self._register_task_modules(adapter_name, plan.modules)
+        if not is_trainable:
+            self._frozen.add(adapter_name)
+        self.set_adapter(adapter_name if self.active_adapter is None else self.active_adapter)
+
+    def load_adapter(
+        self,
+        model_id: str | Path,
+        adapter_name: str = "default",
+        *,
+        is_trainable: bool = False,
+        verify_base: bool = True,
+    ) -> None:
+        """Load an adapter artifact folder onto this model.
+
+        Everything is checked first (format version, module names, shapes, tensors, and the base
+        fingerprint unless ``verify_base=False``); on any error the model is left exactly as it
+        was. Loaded adapters are frozen unless ``is_trainable``. Like PEFT, loading does not
+        change the active adapter unless none was active.
+        """
+        validate_adapter_name(adapter_name)
+        folder = Path(model_id)
+        if not folder.is_dir():
+            raise ArtifactError(f"{model_id} is not an artifact folder")
+        plan = self._plan_load(folder, adapter_name, verify_base)
+        self._apply_plan(plan, adapter_name, is_trainable)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: nn.Module,
+        model_id: str | Path,
+        adapter_name: str = "default",
+        *,
+        is_trainable: bool = False,
+        verify_base: bool = True,
+    ) -> PiggybackModel:
+        """Attach a saved adapter to a base model and return the wrapped model.
+
+        ``model`` is the plain base (or an existing :class:`PiggybackModel`, which is then
+        extended). On any error the base model is left exactly as it was.
+        """
+        if isinstance(model, PiggybackModel):
+            model.load_adapter(
+                model_id, adapter_name, is_trainable=is_trainable, verify_base=verify_base
+            )
+            return model
+        validate_adapter_name(adapter_name)
+        folder = Path(model_id)
+        if not folder.is_dir():
+            raise ArtifactError(f"{model_id} is not an artifact folder")
+        # Plan against a wrapper that has not wrapped anything yet; remember the base's
+        # requires_grad flags, which creating the wrapper changes, to restore them on failure.
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        wrapper = cls(model)
+        try:
+            plan = wrapper._plan_load(folder, adapter_name, verify_base)
+        except BaseException:
+            for param, flag in flags:
+                param.requires_grad_(flag)
+            raise
+        wrapper._apply_plan(plan, adapter_name, is_trainable)
+        return wrapper
+
+
+def get_piggyback_model(
+    model: nn.Module, config: AdapterConfig, adapter_name: str = "default"
+) -> PiggybackModel:
+    """Inject adapter layers into ``model`` and return the wrapper with ``adapter_name`` active.
+
+    The base weights are frozen; the new adapter's masks start at their initial state (for
+    piggyback: all ones, so the outputs equal the base model's) and its head is fresh when
+    ``config.num_labels`` is set.
+    """
+    wrapper = model if isinstance(model, PiggybackModel) else PiggybackModel(model)
+    wrapper.add_adapter(adapter_name, config)
+    wrapper.set_adapter(adapter_name)
+    return wrapper

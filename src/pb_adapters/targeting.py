@@ -1,0 +1,201 @@
+"""Which modules get masks: model families, classifier heads, norm layers and target matching.
+
+The default rule is the official piggyback code's: every convolution (stem and downsample
+convolutions included) and every hidden ``Linear`` of the backbone, never the classifier head,
+never norm layers or biases. It holds for every timm and transformers vision family because it is
+stated in terms of layer types, with the head found from the model's own metadata: timm's
+``pretrained_cfg["classifier"]`` and transformers' ``classifier`` attribute.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Literal
+
+from torch import nn
+
+from .errors import TargetingError
+from .methods.base import SUPPORTED_LAYER_TYPES, AdapterLayer, is_supported_layer
+
+__all__ = [
+    "ModelFamily",
+    "find_head_paths",
+    "find_norm_paths",
+    "is_norm_layer",
+    "match_module_names",
+    "model_family",
+    "resolve_target_modules",
+]
+
+ModelFamily = Literal["timm", "transformers", "torch"]
+
+_NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def model_family(model: nn.Module) -> ModelFamily:
+    """``"transformers"`` for a ``PreTrainedModel``, ``"timm"`` for a model with a timm
+    ``pretrained_cfg``, else ``"torch"``."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        PreTrainedModel = ()  # type: ignore[assignment,misc]
+    if isinstance(model, PreTrainedModel):
+        return "transformers"
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):
+        return "timm"
+    return "torch"
+
+
+def is_norm_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer (kept frozen, and in eval mode, by default).
+
+    Besides torch's norm classes this recognises the custom ones of timm and transformers
+    (``LayerNorm2d``, ``ConvNextLayerNorm``, ``RMSNorm``...) by name, as they do not all derive
+    from torch's classes.
+    """
+    if isinstance(module, _NORM_TYPES):
+        return True
+    name = type(module).__name__
+    return name.endswith(("Norm", "Norm2d", "Norm1d", "NormAct2d")) and any(
+        p is not None for p in module._parameters.values()
+    )
+
+
+def _get(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _last_classifier_layer(model: nn.Module, path: str) -> str:
+    """A head given as a container (transformers ResNet: ``Sequential(Flatten, Linear)``) is
+    represented by its last Linear/Conv layer, the one that maps features to classes."""
+    module = _get(model, path)
+    if module is None or isinstance(module, nn.Linear | nn.Conv2d | nn.Identity):
+        return path
+    last = None
+    for name, child in module.named_modules():
+        if isinstance(child, nn.Linear | nn.Conv2d):
+            last = name
+    return f"{path}.{last}" if last else path
+
+
+def find_head_paths(model: nn.Module) -> list[str]:
+    """Paths of the classifier layer(s) that each task replaces with its own head.
+
+    timm: ``pretrained_cfg["classifier"]`` (a name or a tuple of names, e.g. DeiT's head and
+    distillation head). transformers ``*ForImageClassification``: ``classifier`` (or every
+    attribute ending in ``classifier``). Other models: a top-level ``fc``/``head``/``classifier``.
+    """
+    family = model_family(model)
+    candidates: list[str] = []
+    if family == "timm":
+        entry = model.pretrained_cfg.get("classifier")
+        candidates = [entry] if isinstance(entry, str) else list(entry or [])
+    elif family == "transformers":
+        candidates = [name for name, _ in model.named_children() if name.endswith("classifier")]
+    if not candidates:
+        candidates = [
+            name for name in ("classifier", "head", "fc") if _get(model, name) is not None
+        ][:1]
+    paths = [_last_classifier_layer(model, p) for p in candidates if _get(model, p) is not None]
+    return paths
+
+
+def find_norm_paths(model: nn.Module, skip: Iterable[str] = ()) -> list[str]:
+    """Paths of every norm layer of ``model``, outside the subtrees named in ``skip``."""
+    skipped = tuple(skip)
+    return [
+        name
+        for name, module in model.named_modules()
+        if name
+        and is_norm_layer(module)
+        and not any(name == s or name.startswith(s + ".") for s in skipped)
+    ]
+
+
+def match_module_names(names: Iterable[str], pattern: list[str] | str) -> list[str]:
+    """Names matching ``pattern``: a regex (full match) or a list of exact names / dotted suffixes."""
+    if isinstance(pattern, str):
+        try:
+            regex = re.compile(pattern)
+        except re.error as err:
+            raise TargetingError(f"invalid regular expression {pattern!r}: {err}") from None
+        return [n for n in names if regex.fullmatch(n)]
+    wanted = set(pattern)
+    return [n for n in names if n in wanted or any(n.endswith("." + w) for w in wanted)]
+
+
+def _inside(name: str, roots: Iterable[str]) -> bool:
+    return any(name == root or name.startswith(root + ".") for root in roots)
+
+
+def resolve_target_modules(
+    model: nn.Module,
+    target_modules: list[str] | str | None = None,
+    exclude_modules: list[str] | str | None = None,
+) -> list[str]:
+    """The names of the modules to mask, in model order.
+
+    Args:
+        model: A plain or already wrapped timm / transformers / torch model.
+        target_modules: ``None`` for the default rule (every supported layer outside the head);
+            otherwise names, dotted suffixes or a regex, see :class:`~pb_adapters.AdapterConfig`.
+        exclude_modules: Modules to leave out, matched the same way.
+
+    Raises:
+        TargetingError: a requested module is of an unsupported type or is the classifier head,
+            or nothing at all would be masked.
+    """
+    heads = find_head_paths(model)
+    modules: dict[str, nn.Module] = {}
+    wrapped: str | None = None
+    for name, module in model.named_modules():  # depth first: a layer's children follow it
+        if not name or (wrapped is not None and name.startswith(wrapped + ".")):
+            continue  # the inside of a wrapped layer is not a separate target
+        if isinstance(module, AdapterLayer):
+            wrapped = name
+        modules[name] = module
+
+    if target_modules is None:
+        selected = [
+            n for n, m in modules.items() if is_supported_layer(m) or isinstance(m, AdapterLayer)
+        ]
+        selected = [n for n in selected if not _inside(n, heads)]
+    else:
+        selected = match_module_names(modules, target_modules)
+        if not selected:
+            sample = [n for n, m in modules.items() if is_supported_layer(m)][:8]
+            raise TargetingError(
+                f"target_modules={target_modules!r} matches no module of {type(model).__name__}; "
+                f"maskable modules look like: {sample}"
+            )
+        for name in selected:
+            module = modules[name]
+            if _inside(name, heads):
+                raise TargetingError(
+                    f"{name!r} is the classifier head; heads are not masked, each task trains its own "
+                    "(set num_labels, or train_head)"
+                )
+            if not (is_supported_layer(module) or isinstance(module, AdapterLayer)):
+                supported = ", ".join(t.__name__ for t in SUPPORTED_LAYER_TYPES)
+                raise TargetingError(
+                    f"cannot mask module {name!r} of type {type(module).__name__}; supported types are "
+                    f"{supported} and their subclasses"
+                )
+    if exclude_modules is not None:
+        excluded = set(match_module_names(modules, exclude_modules))
+        selected = [n for n in selected if not _inside(n, excluded)]
+    if not selected:
+        raise TargetingError(
+            f"no module of {type(model).__name__} would be masked; check target_modules"
+        )
+    return selected

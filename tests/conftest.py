@@ -1,0 +1,26 @@
+"""Test configuration: never reach the internet, keep the Hugging Face cache in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Set before any Hugging Face library is imported: they read these at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="pb-adapters-hf-home-")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+import torch
+
+from tests.factories import tiny_timm, tiny_transformers
+
+__all__ = ["tiny_timm", "tiny_transformers"]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

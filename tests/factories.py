@@ -1,0 +1,75 @@
+"""Tiny models with random weights, the same architectures users adapt, for fast tests."""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+TIMM_MODELS = [
+    "test_resnet",
+    "test_efficientnet",
+    "test_vit",
+    "test_convnext",
+    "tf_efficientnet_lite0",
+]
+TRANSFORMERS_MODELS = ["vit", "convnext", "resnet"]
+
+
+def tiny_timm(
+    name: str = "test_resnet", num_classes: int = 7, seed: int = 0, **kwargs
+) -> nn.Module:
+    """A timm model with deterministic random weights, in eval mode."""
+    torch.manual_seed(seed)
+    if name.startswith("test_vit"):
+        kwargs.setdefault("img_size", 32)
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    # Random running statistics make frozen-BatchNorm tests meaningful.
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def tiny_transformers(kind: str = "vit", num_labels: int = 5, seed: int = 0) -> nn.Module:
+    """A transformers ``*ForImageClassification`` model from a tiny config, in eval mode."""
+    from transformers import (
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        ResNetConfig,
+        ResNetForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+    )
+
+    torch.manual_seed(seed)
+    if kind == "vit":
+        config = ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=num_labels,
+        )
+        model = ViTForImageClassification(config)
+    elif kind == "convnext":
+        config = ConvNextConfig(
+            hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=num_labels
+        )
+        model = ConvNextForImageClassification(config)
+    elif kind == "resnet":
+        config = ResNetConfig(
+            embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=num_labels
+        )
+        model = ResNetForImageClassification(config)
+    else:
+        raise ValueError(kind)
+    return model.eval()
+
+
+def logits(output) -> torch.Tensor:
+    """Logits from a timm (tensor) or transformers (``ImageClassifierOutput``) forward."""
+    return output if isinstance(output, torch.Tensor) else output.logits
