@@ -337,7 +337,7 @@ def test_corrupt_or_mismatched_weights_file_refused(tmp_path):
     (tmp_path / ARTIFACT_WEIGHTS_NAME).unlink()
     with pytest.raises(ArtifactError, match="incomplete"):
         PiggybackModel.from_pretrained(tiny_timm("test_resnet"), tmp_path)
-    with pytest.raises(ArtifactError, match="not an artifact folder"):
+    with pytest.raises(ArtifactError, match="is not a folder"):
         PiggybackModel.from_pretrained(tiny_timm("test_resnet"), tmp_path / "missing")
 
 

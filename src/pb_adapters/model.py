@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import re
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +23,20 @@ import torch
 from torch import Tensor, nn
 
 from ._version import __version__
+from .bases import load_base_model
+from .batching import group_indices, merge_outputs, select_batch
+from .card import write_model_card
 from .config import AdapterConfig
 from .errors import (
     AdapterNotFoundError,
     ArtifactError,
     BaseModelMismatchError,
     ConfigError,
+    PbAdaptersError,
     TargetingError,
 )
 from .heads import LabelState, copy_head, create_task_head, get_label_state, set_label_state
+from .hub import push_folder_to_hub, resolve_adapter_folder
 from .methods import get_method
 from .methods.base import AdapterLayer, is_supported_layer
 from .serialization import (
@@ -49,7 +56,10 @@ from .targeting import (
     resolve_target_modules,
 )
 
-__all__ = ["MaskStats", "PiggybackModel", "get_piggyback_model"]
+__all__ = ["BASE_ADAPTER_NAME", "AdapterInfo", "MaskStats", "PiggybackModel", "get_piggyback_model"]
+
+#: The name that stands for "no adapter, the plain base" in ``adapter_names=``.
+BASE_ADAPTER_NAME = "__base__"
 
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
@@ -101,6 +111,18 @@ class MaskStats:
             f"mask sparsity: {self.total:.2%} zeros ({self.zeros:,} of {self.num_masked:,} entries "
             f"in {len(self.per_layer)} layers)"
         )
+
+
+@dataclass
+class AdapterInfo:
+    """A loaded adapter, as :meth:`PiggybackModel.list_adapters` reports it."""
+
+    name: str
+    method: str
+    num_labels: int | None
+    id2label: dict[int, str]
+    trainable: bool
+    active: bool
 
 
 @dataclass
@@ -158,9 +180,49 @@ class PiggybackModel(nn.Module):
                 raise
             return getattr(self.base_model, name)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the base model with the active adapter in place."""
-        return self.base_model(*args, **kwargs)
+    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Call the base model with the active adapter in place.
+
+        Args:
+            adapter_names: For a mixed-task batch in eval mode, the adapter of each sample
+                (``BASE_ADAPTER_NAME`` for the plain base). Each sample gets exactly what its task
+                gives; logits of tasks with fewer classes are padded with ``-inf``.
+        """
+        if adapter_names is None:
+            return self.base_model(*args, **kwargs)
+        return self._mixed_forward(list(adapter_names), args, kwargs)
+
+    def _mixed_forward(
+        self, names: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if self.training:
+            raise PbAdaptersError(
+                "adapter_names= mixes tasks for inference only; call model.eval() first"
+            )
+        for name in dict.fromkeys(names):
+            if name != BASE_ADAPTER_NAME:
+                self._require_adapter(name)
+        batch = next((v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)), None)
+        if batch is None or batch.dim() == 0 or batch.shape[0] != len(names):
+            size = None if batch is None else tuple(batch.shape)
+            raise PbAdaptersError(
+                f"adapter_names has {len(names)} entries but the input batch is {size}"
+            )
+        previous = self.active_adapter
+        parts = []
+        try:
+            for name, index in group_indices(names).items():
+                group_args, group_kwargs = select_batch(args, kwargs, len(names), index)
+                if name == BASE_ADAPTER_NAME:
+                    with self.disable_adapter():
+                        parts.append((index, self.base_model(*group_args, **group_kwargs)))
+                else:
+                    self.set_adapter(name)
+                    parts.append((index, self.base_model(*group_args, **group_kwargs)))
+        finally:
+            if previous is not None and self.active_adapter != previous:
+                self.set_adapter(previous)
+        return merge_outputs(parts, len(names))
 
     @property
     def family(self) -> str:
@@ -384,6 +446,66 @@ class PiggybackModel(nn.Module):
             if previous is not None:
                 self.set_adapter(previous)
 
+    def list_adapters(self) -> list[AdapterInfo]:
+        """Every loaded adapter with its method, classes and whether it trains."""
+        return [
+            AdapterInfo(
+                name=name,
+                method=config.method,
+                num_labels=self._labels[name].num_labels,
+                id2label=dict(self._labels[name].id2label or {}),
+                trainable=name not in self._frozen,
+                active=name == self.active_adapter,
+            )
+            for name, config in self.peft_config.items()
+        ]
+
+    def merge_and_unload(
+        self, adapter_name: str | None = None, *, inplace: bool = False
+    ) -> nn.Module:
+        """A plain model of the base's own class with the adapter's masks applied and its head.
+
+        The result is a timm model or transformers ``PreTrainedModel`` like the base, usable with
+        their own tooling (``save_pretrained``, ``timm`` checkpoints). With ``inplace=False``
+        (the default) the result is an independent copy and the wrapper and its other adapters
+        stay intact; ``inplace=True`` unwraps this model's base instead (no copy; the wrapper is
+        not usable afterwards).
+        """
+        name = adapter_name or self.active_adapter
+        if name is None:
+            raise AdapterNotFoundError(
+                "no adapter to merge: pass adapter_name or set_adapter first"
+            )
+        self._require_adapter(name)
+        previous = self.active_adapter
+        self.set_adapter(name)
+        try:
+            memo: dict[int, Any] = {}
+            replacements: dict[str, nn.Module] = {}
+            for path, layer in self.adapter_layers():
+                base_layer = layer.base_layer
+                inner: dict[int, Any] = {}
+                if name in layer.adapter_names:
+                    with torch.no_grad():
+                        merged = layer.effective_weight(name).detach().clone()
+                    inner[id(base_layer.weight)] = nn.Parameter(merged)
+                if inner or not inplace:
+                    base_layer = copy.deepcopy(base_layer, inner)
+                memo[id(layer)] = base_layer
+                replacements[path] = base_layer
+            if inplace:
+                model = self.base_model
+                for path, plain in replacements.items():
+                    _set_submodule(model, path, plain)
+            else:
+                model = copy.deepcopy(self.base_model, memo)  # adapter layers map to plain ones
+        finally:
+            if not inplace and previous is not None:
+                self.set_adapter(previous)
+        for param in model.parameters():
+            param.requires_grad_(True)  # a plain model, as timm / transformers create it
+        return model
+
     # ------------------------------------------------------------------ training helpers
     def train(self, mode: bool = True) -> PiggybackModel:
         """Set training mode; norm layers the active task does not train stay in eval mode.
@@ -578,19 +700,28 @@ class PiggybackModel(nn.Module):
         *,
         metrics: dict[str, Any] | None = None,
         datasets: list[str] | None = None,
+        write_card: bool = True,
+        repo_id: str | None = None,
+        subfolder: str | None = None,
     ) -> Path:
         """Write one adapter (default: the active one) as an artifact folder.
 
         The folder gets ``adapter_config.json`` and ``adapter_model.safetensors`` (masks
-        bit-packed, head and per-task norm weights). ``metrics`` (e.g. ``{"accuracy": 0.98}``) and
-        ``datasets`` are recorded for the model card. Files are replaced atomically.
+        bit-packed, head and per-task norm weights) and, unless ``write_card=False``, a model
+        card (``README.md`` with a per-layer sparsity plot, and a small ``config.json``).
+        ``metrics`` (e.g. ``{"accuracy": 0.98}``) and ``datasets`` are recorded for the card;
+        ``repo_id``/``subfolder`` make the card's usage snippet point at the Hub. The artifact
+        files are replaced atomically.
         """
         name = adapter_name or self.active_adapter
         if name is None:
             raise AdapterNotFoundError("no adapter to save: add or load one first")
         self._require_adapter(name)
         data, tensors = self._artifact(name, metrics, datasets)
-        return write_artifact(save_directory, data, tensors)
+        folder = write_artifact(save_directory, data, tensors)
+        if write_card:
+            write_model_card(folder, repo_id=repo_id, subfolder=subfolder)
+        return folder
 
     def adapter_size(self, adapter_name: str | None = None) -> dict[str, float]:
         """Bytes an adapter takes in an artifact: masks, task modules, and bits per mask entry."""
@@ -754,50 +885,99 @@ class PiggybackModel(nn.Module):
 
     def load_adapter(
         self,
-        model_id: str | Path,
+        model_id: str | os.PathLike[str],
         adapter_name: str = "default",
         *,
+        revision: str | None = None,
+        subfolder: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
         is_trainable: bool = False,
         verify_base: bool = True,
     ) -> None:
-        """Load an adapter artifact folder onto this model.
+        """Load an adapter from a local folder or a Hub repository onto this model.
 
         Everything is checked first (format version, module names, shapes, tensors, and the base
         fingerprint unless ``verify_base=False``); on any error the model is left exactly as it
         was. Loaded adapters are frozen unless ``is_trainable``. Like PEFT, loading does not
         change the active adapter unless none was active.
+
+        Args:
+            model_id: A local artifact folder or a Hub repo id (``"user/cars-mask"``).
+            adapter_name: Name the adapter gets on this model.
+            revision: Hub branch, tag or commit.
+            subfolder: Folder of the task inside the repository (or local folder).
+            token: Hub token (``None``: ``HF_TOKEN`` or the saved login).
+            cache_dir: Hub cache folder.
+            local_files_only: Use the Hub cache only, never the network.
+            is_trainable: Load the masks as trainable parameters to continue training.
+            verify_base: Check that the base weights are those the adapter was trained on.
         """
         validate_adapter_name(adapter_name)
-        folder = Path(model_id)
-        if not folder.is_dir():
-            raise ArtifactError(f"{model_id} is not an artifact folder")
+        folder = resolve_adapter_folder(
+            model_id,
+            revision=revision,
+            subfolder=subfolder,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+        )
         plan = self._plan_load(folder, adapter_name, verify_base)
         self._apply_plan(plan, adapter_name, is_trainable)
 
     @classmethod
     def from_pretrained(
         cls,
-        model: nn.Module,
-        model_id: str | Path,
+        model: nn.Module | str,
+        model_id: str | os.PathLike[str],
         adapter_name: str = "default",
         *,
+        revision: str | None = None,
+        subfolder: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
         is_trainable: bool = False,
         verify_base: bool = True,
+        base_revision: str | None = None,
     ) -> PiggybackModel:
-        """Attach a saved adapter to a base model and return the wrapped model.
+        """Attach a saved adapter (local folder or Hub repo) to a base model.
 
-        ``model`` is the plain base (or an existing :class:`PiggybackModel`, which is then
-        extended). On any error the base model is left exactly as it was.
+        ``model`` is the plain base, an existing :class:`PiggybackModel` (which is then
+        extended), or a string naming the base (timm name, ``hf-hub:`` id, transformers id or
+        folder), created at ``base_revision`` or else at the revision the artifact records. On
+        any error the base model is left exactly as it was. See :meth:`load_adapter` for the
+        other arguments.
         """
+        hub_kwargs: dict[str, Any] = {
+            "revision": revision,
+            "subfolder": subfolder,
+            "token": token,
+            "cache_dir": cache_dir,
+            "local_files_only": local_files_only,
+        }
         if isinstance(model, PiggybackModel):
             model.load_adapter(
-                model_id, adapter_name, is_trainable=is_trainable, verify_base=verify_base
+                model_id,
+                adapter_name,
+                is_trainable=is_trainable,
+                verify_base=verify_base,
+                **hub_kwargs,
             )
             return model
         validate_adapter_name(adapter_name)
-        folder = Path(model_id)
-        if not folder.is_dir():
-            raise ArtifactError(f"{model_id} is not an artifact folder")
+        folder = resolve_adapter_folder(model_id, **hub_kwargs)
+        if isinstance(model, str):
+            recorded = read_adapter_config(folder)["base_model"]
+            same_base = model == recorded.get("name_or_path")
+            model = load_base_model(
+                model,
+                revision=base_revision or (recorded.get("revision") if same_base else None),
+                library=recorded.get("library") if same_base else None,
+                token=token,
+                cache_dir=cache_dir,
+            )
         # Plan against a wrapper that has not wrapped anything yet; remember the base's
         # requires_grad flags, which creating the wrapper changes, to restore them on failure.
         flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -810,6 +990,48 @@ class PiggybackModel(nn.Module):
             raise
         wrapper._apply_plan(plan, adapter_name, is_trainable)
         return wrapper
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        adapter_name: str | None = None,
+        *,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+        subfolder: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        datasets: list[str] | None = None,
+    ) -> str:
+        r"""Upload one adapter (default: the active one) with its model card to the Hub.
+
+        The repository (and the branch ``revision``) is created when missing; several tasks can
+        share a repository under different ``subfolder``\ s. Returns the commit url.
+        """
+        with tempfile.TemporaryDirectory(prefix="pb-adapters-push-") as tmp:
+            folder = Path(tmp) / "artifact"
+            self.save_pretrained(
+                folder,
+                adapter_name,
+                metrics=metrics,
+                datasets=datasets,
+                repo_id=repo_id,
+                subfolder=subfolder,
+            )
+            return push_folder_to_hub(
+                folder,
+                repo_id,
+                private=private,
+                token=token,
+                revision=revision,
+                commit_message=commit_message
+                or f"Upload {adapter_name or self.active_adapter} adapter",
+                create_pr=create_pr,
+                subfolder=subfolder,
+                write_card=False,
+            )
 
 
 def get_piggyback_model(

@@ -106,7 +106,13 @@ class AdapterLayer(nn.Module):
         self.active_adapter: str | None = None
         self.disabled = False
         self._forward_with = _select_forward(base_layer)
-        self._eval_cache: tuple[tuple[Any, ...], Tensor] | None = None
+        # The active adapter's weight, materialised for inference (eval mode), so inference
+        # costs what the base costs. Plain booleans (not the adapter name) drive forward's
+        # branches so that a compiled model does not recompile when the task changes.
+        self.register_buffer("merged_weight", None, persistent=False)
+        self._merged_key: tuple[Any, ...] | None = None
+        self._has_active = False
+        self._active_trainable = False
         for param in base_layer.parameters():
             param.requires_grad_(False)
 
@@ -195,17 +201,25 @@ class AdapterLayer(nn.Module):
 
     # -- shared machinery -------------------------------------------------------------------
     def set_adapter(self, name: str | None) -> None:
-        """Compute with adapter ``name`` (``None``: the plain base layer)."""
+        """Compute with adapter ``name`` (``None``: the plain base layer).
+
+        In eval mode the adapter's weight is materialised here, once, rather than at every
+        forward.
+        """
         if name is not None and name not in self.adapter_names:
             raise KeyError(name)
-        if name != self.active_adapter:
-            self._eval_cache = None
         self.active_adapter = name
+        self._has_active = name is not None
+        self._active_trainable = name is not None and self.is_trainable(name)
+        if not self.training:
+            self.refresh_merged()
 
     def set_trainable(self, name: str, trainable: bool) -> None:
         """Switch ``requires_grad`` of adapter ``name``'s parameters."""
         for param in self.trainable_parameters(name):
             param.requires_grad_(trainable)
+        if name == self.active_adapter:
+            self._active_trainable = self.is_trainable(name)
 
     def _cache_key(self, name: str) -> tuple[Any, ...]:
         weight = self.base_layer.weight
@@ -214,26 +228,49 @@ class AdapterLayer(nn.Module):
             parts.extend((tensor.data_ptr(), tensor._version))
         return tuple(parts)
 
-    def _weight_for_forward(self, name: str) -> Tensor:
-        if self.training or (torch.is_grad_enabled() and self.is_trainable(name)):
-            self._eval_cache = None
-            return self.effective_weight(name)
+    def refresh_merged(self) -> None:
+        """(Re)compute ``merged_weight`` if the active adapter's state or the base changed."""
+        name = self.active_adapter
+        if name is None or self.disabled:
+            return
         key = self._cache_key(name)
-        if self._eval_cache is None or self._eval_cache[0] != key:
+        if key != self._merged_key:
             with torch.no_grad():
-                self._eval_cache = (key, self.effective_weight(name))
-        return self._eval_cache[1]
+                self.merged_weight = self.effective_weight(name)
+            self._merged_key = key
+
+    def _drop_merged(self) -> None:
+        self.merged_weight = None
+        self._merged_key = None
+
+    def train(self, mode: bool = True) -> AdapterLayer:
+        """Training recomputes the weight every step; eval materialises it once."""
+        super().train(mode)
+        if mode:
+            self._drop_merged()  # free the memory while training
+        else:
+            self.refresh_merged()
+        return self
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Run the base layer with the active adapter's effective weight."""
-        name = self.active_adapter
-        if self.disabled or name is None:
+        if self.disabled or not self._has_active:
             return self.base_layer(x, *args, **kwargs)
-        return self._forward_with(self.base_layer, x, self._weight_for_forward(name))
+        if self.training or (self._active_trainable and torch.is_grad_enabled()):
+            # Differentiable path: gradients reach the adapter's parameters.
+            return self._forward_with(
+                self.base_layer, x, self.effective_weight(self.active_adapter)
+            )
+        if self.merged_weight is None or not torch.compiler.is_compiling():
+            self.refresh_merged()  # a cheap check in eager mode; catches state edited in place
+        return self._forward_with(self.base_layer, x, self.merged_weight)
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> AdapterLayer:
-        self._eval_cache = None  # a moved or cast model must not reuse a stale weight
-        return super()._apply(fn, recurse)
+        super()._apply(fn, recurse)
+        self._merged_key = None  # moved or cast: recompute from the converted base weight
+        if not self.training and self._has_active:
+            self.refresh_merged()
+        return self
 
     def extra_repr(self) -> str:
         return f"adapters={self.adapter_names}, active={self.active_adapter!r}"

@@ -84,7 +84,6 @@ class PiggybackLayer(AdapterLayer):
         self.adapter_settings.pop(name, None)
         if self.active_adapter == name:
             self.set_adapter(None)
-        self._eval_cache = None
 
     def is_trainable(self, name: str) -> bool:
         """True while adapter ``name`` holds real-valued scores rather than a packed mask."""
@@ -110,6 +109,9 @@ class PiggybackLayer(AdapterLayer):
         for name, param in self.mask_scores.items():
             if param.dtype != torch.float32:
                 param.data = saved[name].to(device=param.device, dtype=torch.float32)
+                self._merged_key = None
+        if not self.training and self._has_active:
+            self.refresh_merged()
         return self
 
     # -- the mask ---------------------------------------------------------------------------
@@ -120,15 +122,18 @@ class PiggybackLayer(AdapterLayer):
             return binarize(self.mask_scores[name], threshold, ternary)
         shape = self.base_layer.weight.shape
         numel = self.base_layer.weight.numel()
-        mask = unpack_bits(self.packed_masks[name], numel).to(torch.float32)
+        mask = unpack_bits(self.packed_masks[name], numel, torch.float32)
         if ternary:
-            mask = mask - 2 * unpack_bits(self.packed_signs[name], numel).to(torch.float32)
+            mask = mask - 2 * unpack_bits(self.packed_signs[name], numel, torch.float32)
         return mask.view(shape)
 
     def effective_weight(self, name: str) -> Tensor:
         """``W * mask``; differentiable with respect to the scores when the adapter trains."""
         weight = self.base_layer.weight
-        return weight * self.mask(name).to(weight.dtype)
+        if name in self.mask_scores:
+            return weight * self.mask(name).to(weight.dtype)
+        # A frozen mask is a fresh tensor: multiply in place to save one weight-sized buffer.
+        return self.mask(name).to(weight.dtype).mul_(weight)
 
     def mask_counts(self, name: str) -> tuple[int, int]:
         """``(zeros, weights)`` of adapter ``name``'s mask."""
