@@ -68,6 +68,7 @@ def memory_child(name: str, tasks: list[str]) -> dict[str, Any]:
     """Run in a fresh process: resident memory of the base alone, then with ``tasks`` loaded."""
     torch.set_num_threads(1)
     base = _base(name)
+    base_bytes = sum(t.numel() * t.element_size() for t in base.state_dict().values())
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         base(x)
@@ -78,6 +79,7 @@ def memory_child(name: str, tasks: list[str]) -> dict[str, Any]:
             model = PiggybackModel.from_pretrained(base, path, adapter_name=f"t{index}")
         else:
             model.load_adapter(path, adapter_name=f"t{index}")
+    model.eval()
     with torch.no_grad():
         model(x)
     rss_loaded = _rss()
@@ -93,7 +95,6 @@ def memory_child(name: str, tasks: list[str]) -> dict[str, Any]:
         for _, layer in model.adapter_layers()
         if layer.merged_weight is not None
     )
-    base_bytes = sum(t.numel() * t.element_size() for t in base.state_dict().values())
     return {
         "tasks": len(tasks),
         "rss_base_bytes": rss_base,

@@ -85,6 +85,12 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, name, module)
 
 
+def _base_name_key(name: str) -> str:
+    """A base name without its ``@revision``, with timm's ``hf_hub:`` spelled ``hf-hub:``."""
+    name = name.split("@", 1)[0]
+    return "hf-hub:" + name[len("hf_hub:") :] if name.startswith("hf_hub:") else name
+
+
 def _module_tensors(module: nn.Module) -> dict[str, Tensor]:
     """A task module's stored tensors: parameters and persistent buffers, no step counters."""
     return {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
@@ -170,6 +176,7 @@ class PiggybackModel(nn.Module):
         self._fingerprint_cache: tuple[tuple[Any, ...], str] | None = None
         for param in model.parameters():
             param.requires_grad_(False)
+        self.train(model.training)  # a base in eval mode stays in eval mode
 
     # ------------------------------------------------------------------ passthrough
     def __getattr__(self, name: str) -> Any:
@@ -600,8 +607,9 @@ class PiggybackModel(nn.Module):
         if family == "timm":
             cfg = model.pretrained_cfg
             architecture = cfg.get("architecture")
-            hub_id = cfg.get("hf_hub_id")
+            hub_id, _, hub_revision = (cfg.get("hf_hub_id") or "").partition("@")
             name = f"hf-hub:{hub_id}" if hub_id else architecture
+            revision = hub_revision or None
         elif family == "transformers":
             name = getattr(model, "name_or_path", None) or model.config._name_or_path or None
             revision = getattr(model.config, "_commit_hash", None)
@@ -970,10 +978,12 @@ class PiggybackModel(nn.Module):
         folder = resolve_adapter_folder(model_id, **hub_kwargs)
         if isinstance(model, str):
             recorded = read_adapter_config(folder)["base_model"]
-            same_base = model == recorded.get("name_or_path")
+            same_base = _base_name_key(model) == _base_name_key(recorded.get("name_or_path") or "")
+            pinned = "@" in model  # a revision in the name itself wins over the recorded one
             model = load_base_model(
                 model,
-                revision=base_revision or (recorded.get("revision") if same_base else None),
+                revision=base_revision
+                or (recorded.get("revision") if same_base and not pinned else None),
                 library=recorded.get("library") if same_base else None,
                 token=token,
                 cache_dir=cache_dir,

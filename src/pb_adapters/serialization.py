@@ -134,7 +134,7 @@ def fingerprint_tensors(items: Iterable[tuple[str, Tensor]]) -> str:
             f"{name}|{str(data.dtype).removeprefix('torch.')}|{list(tensor.shape)}\n".encode()
         )
         if data.numel():
-            digest.update(data.view(torch.uint8).numpy().tobytes())
+            digest.update(data.view(torch.uint8).numpy())  # the buffer itself, no copy
     return "sha256:" + digest.hexdigest()
 
 
@@ -161,9 +161,16 @@ def write_artifact(folder: str | Path, config: dict[str, Any], tensors: dict[str
     reader notices a pair that an interrupted save left mismatched.
     """
     folder = Path(folder)
+    encodings = {r["name"]: r["encoding"] for r in config.get("modules", [])}
+    # One metadata key: safetensors does not keep the order of several, and the file's bytes
+    # (hence its hash and Hub commits) must not change between two saves of the same adapter.
+    metadata = {
+        "pb_adapters": json.dumps(
+            {"format_version": FORMAT_VERSION, "encodings": encodings}, sort_keys=True
+        )
+    }
     payload = safetensors_save(
-        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
-        metadata={"format": "pb-adapters", "format_version": str(FORMAT_VERSION)},
+        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata
     )
     config = dict(config)
     config["weights_sha256"] = hashlib.sha256(payload).hexdigest()

@@ -1,0 +1,594 @@
+"""Model cards for adapter artifacts: ``README.md``, a sparsity plot and a small ``config.json``.
+
+Everything is derived from ``adapter_config.json`` (and, when present, the header of
+``adapter_model.safetensors`` for exact sizes), so a card can be rebuilt from any artifact folder.
+The card's YAML metadata is made with ``huggingface_hub``'s :class:`~huggingface_hub.ModelCard`
+so the Hub can index it (library, base model, task, datasets, evaluation results).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .serialization import ARTIFACT_WEIGHTS_NAME, read_adapter_config
+
+__all__ = [
+    "CARD_NAME",
+    "HUB_CONFIG_NAME",
+    "PLOT_NAME",
+    "AdapterSummary",
+    "build_model_card",
+    "hub_config",
+    "plot_mask_sparsity",
+    "summarize_adapter",
+    "write_hub_config",
+    "write_model_card",
+]
+
+CARD_NAME = "README.md"
+PLOT_NAME = "mask_sparsity.png"
+HUB_CONFIG_NAME = "config.json"
+LIBRARY_NAME = "pb-adapters"
+
+_REPO_ID_RE = re.compile(r"^(?![.-])[A-Za-z0-9._-]{1,96}/(?![.-])[A-Za-z0-9._-]{1,96}$")
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_MAX_LABELS_SHOWN = 50
+_SCALAR_TYPES = (str, int, float, bool)
+
+_CITATIONS = {
+    "piggyback": (
+        "@inproceedings{mallya2018piggyback,\n"
+        "  title     = {Piggyback: Adapting a Single Network to Multiple Tasks by Learning to Mask"
+        " Weights},\n"
+        "  author    = {Mallya, Arun and Davis, Dillon and Lazebnik, Svetlana},\n"
+        "  booktitle = {European Conference on Computer Vision (ECCV)},\n"
+        "  year      = {2018}\n"
+        "}"
+    ),
+    "ksm": (
+        "@inproceedings{yang2021ksm,\n"
+        "  title     = {KSM: Fast Multiple Task Adaption via Kernel-wise Soft Mask Learning},\n"
+        "  author    = {Yang, Li and He, Zhezhi and Zhang, Junshan and Fan, Deliang},\n"
+        "  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},\n"
+        "  year      = {2021}\n"
+        "}"
+    ),
+    "packnet": (
+        "@inproceedings{mallya2018packnet,\n"
+        "  title     = {PackNet: Adding Multiple Tasks to a Single Network by Iterative Pruning},\n"
+        "  author    = {Mallya, Arun and Lazebnik, Svetlana},\n"
+        "  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},\n"
+        "  year      = {2018}\n"
+        "}"
+    ),
+}
+
+
+# ---------------------------------------------------------------------------- summary
+@dataclass(frozen=True)
+class AdapterSummary:
+    """What an artifact is and costs, in numbers a card or ``pb-adapters info`` can print.
+
+    Sizes are exact when the weights file was available (read from its header), otherwise
+    estimated from the recorded encodings; ``None`` means unknown.
+    """
+
+    method: str
+    format_version: int | None
+    library_version: str | None
+    base_name: str | None
+    base_revision: str | None
+    base_library: str | None
+    base_architecture: str | None
+    base_fingerprint: str | None
+    base_num_parameters: int | None
+    num_labels: int | None
+    labels: list[str]
+    num_masked_modules: int
+    masked_weights: int
+    mask_bytes: int | None
+    module_bytes: int | None
+    weights_file_bytes: int | None
+    zeros: int | None
+    per_layer_sparsity: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    datasets: list[str] = field(default_factory=list)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bits_per_masked_weight(self) -> float | None:
+        """Mask storage divided by the number of masked base weights."""
+        if self.mask_bytes is None or not self.masked_weights:
+            return None
+        return 8 * self.mask_bytes / self.masked_weights
+
+    @property
+    def sparsity(self) -> float | None:
+        """Fraction of masked weights switched off (mask value 0), over all masked layers."""
+        if self.zeros is None or not self.masked_weights:
+            return None
+        return self.zeros / self.masked_weights
+
+    @property
+    def hub_base_model(self) -> str | None:
+        """The base model as a Hub repo id (``hf-hub:`` prefix removed); None if not one."""
+        name = self.base_name or ""
+        for prefix in ("hf-hub:", "hf_hub:"):
+            name = name.removeprefix(prefix)
+        return name if _REPO_ID_RE.fullmatch(name) else None
+
+
+def _safetensors_sizes(path: Path) -> dict[str, int] | None:
+    """Byte size of every tensor in a safetensors file, read from its header only."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(8)
+            if len(raw) != 8:
+                return None
+            (length,) = struct.unpack("<Q", raw)
+            if length > _MAX_HEADER_BYTES:
+                return None
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    sizes = {}
+    for key, info in header.items():
+        if key == "__metadata__" or not isinstance(info, dict):
+            continue
+        offsets = info.get("data_offsets")
+        if isinstance(offsets, list) and len(offsets) == 2:
+            sizes[key] = int(offsets[1]) - int(offsets[0])
+    return sizes
+
+
+def _estimated_mask_bytes(record: dict[str, Any]) -> int | None:
+    encoding = str(record.get("encoding", ""))
+    numel = int(record.get("numel", 0))
+    if encoding == "bitpack":
+        return math.ceil(numel / 8)
+    if encoding == "bitpack+sign":
+        return 2 * math.ceil(numel / 8)
+    return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def summarize_adapter(
+    adapter_config: dict[str, Any], weights_path: str | Path | None = None
+) -> AdapterSummary:
+    """Summarise an ``adapter_config.json`` dict (and its weights file, if given and present)."""
+    base = adapter_config.get("base_model") or {}
+    modules = [m for m in adapter_config.get("modules") or [] if isinstance(m, dict)]
+    masked = sum(int(m.get("numel", 0)) for m in modules)
+
+    zeros: int | None = 0
+    per_layer: dict[str, float] = {}
+    for record in modules:
+        count = _int_or_none(record.get("zeros"))
+        entries = _int_or_none(record.get("entries")) or _int_or_none(record.get("numel"))
+        if count is None or not entries:
+            zeros = None
+            continue
+        per_layer[str(record.get("name"))] = count / entries
+        if zeros is not None:
+            zeros += count
+    if not modules:
+        zeros = None
+
+    mask_bytes: int | None = None
+    module_bytes: int | None = None
+    file_bytes: int | None = None
+    sizes = None
+    if weights_path is not None and Path(weights_path).is_file():
+        file_bytes = Path(weights_path).stat().st_size
+        sizes = _safetensors_sizes(Path(weights_path))
+    if sizes is not None:
+        mask_bytes = sum(v for k, v in sizes.items() if k.startswith("layers."))
+        module_bytes = sum(v for k, v in sizes.items() if k.startswith("modules."))
+    else:
+        estimates = [_estimated_mask_bytes(m) for m in modules]
+        if estimates and all(e is not None for e in estimates):
+            mask_bytes = sum(e for e in estimates if e is not None)
+
+    id2label = adapter_config.get("id2label") or {}
+    labels: list[str] = []
+    if isinstance(id2label, dict):
+        try:
+            ordered = sorted(id2label.items(), key=lambda kv: int(kv[0]))
+        except (TypeError, ValueError):
+            ordered = sorted(id2label.items(), key=lambda kv: str(kv[0]))
+        labels = [str(v) for _, v in ordered]
+    head = adapter_config.get("head") or {}
+    num_labels = _int_or_none(head.get("num_labels")) or (len(labels) or None)
+
+    config = adapter_config.get("config") or {}
+    # Shown elsewhere in the card, or too long for a table.
+    skip = {
+        "method",
+        "id2label",
+        "label2id",
+        "num_labels",
+        "target_modules",
+        "exclude_modules",
+        "base_model_name_or_path",
+        "base_model_revision",
+    }
+    hyper = {k: v for k, v in config.items() if k not in skip and isinstance(v, _SCALAR_TYPES)}
+    metrics = adapter_config.get("metrics") or {}
+    datasets = [str(d) for d in adapter_config.get("datasets") or []]
+    if not datasets and isinstance(metrics.get("dataset"), str):
+        datasets = [metrics["dataset"]]
+    return AdapterSummary(
+        method=str(adapter_config.get("method", "unknown")),
+        format_version=_int_or_none(adapter_config.get("format_version")),
+        library_version=adapter_config.get("library_version"),
+        base_name=base.get("name_or_path"),
+        base_revision=base.get("revision"),
+        base_library=base.get("library"),
+        base_architecture=base.get("architecture"),
+        base_fingerprint=base.get("fingerprint"),
+        base_num_parameters=_int_or_none(base.get("num_parameters")),
+        num_labels=num_labels,
+        labels=labels,
+        num_masked_modules=len(modules),
+        masked_weights=masked,
+        mask_bytes=mask_bytes,
+        module_bytes=module_bytes,
+        weights_file_bytes=file_bytes,
+        zeros=zeros,
+        per_layer_sparsity=per_layer,
+        metrics=dict(metrics) if isinstance(metrics, dict) else {},
+        datasets=datasets,
+        hyperparameters=hyper,
+    )
+
+
+# ---------------------------------------------------------------------------- plot
+def plot_mask_sparsity(summary: AdapterSummary, path: str | Path) -> Path | None:
+    """Draw per-layer sparsity (percent of mask entries that are 0) as a PNG at ``path``.
+
+    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change) and writes no
+    timestamp or version metadata, so the same artifact always gives the same bytes. Returns
+    ``None`` (and writes nothing) when the artifact records no per-layer counts.
+    """
+    if not summary.per_layer_sparsity:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(summary.per_layer_sparsity)
+    values = [100.0 * summary.per_layer_sparsity[n] for n in names]
+    n = len(names)
+    with_names = n <= 120
+    height = min(max(2.5, 0.16 * n + 1.2), 24.0) if with_names else 4.0
+    fig = Figure(figsize=(8.0, height), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if with_names:
+        positions = list(range(n))
+        ax.barh(positions, values, color="#3b75af", height=0.8)
+        ax.set_yticks(positions)
+        ax.set_yticklabels(names, fontsize=6 if n > 40 else 8)
+        ax.invert_yaxis()
+        ax.set_xlabel("masked-out weights (%)")
+        ax.set_xlim(0, max(5.0, min(100.0, max(values) * 1.1 + 1)))
+    else:
+        ax.bar(range(n), values, color="#3b75af", width=1.0)
+        ax.set_xlabel("masked layer (model order)")
+        ax.set_ylabel("masked-out weights (%)")
+        ax.set_ylim(0, max(5.0, min(100.0, max(values) * 1.1 + 1)))
+    total = summary.sparsity
+    title = f"Per-layer mask sparsity ({summary.method})"
+    if total is not None:
+        title += f", overall {100 * total:.1f}%"
+        if with_names:
+            ax.axvline(100 * total, color="#c44e52", linestyle="--", linewidth=1)
+        else:
+            ax.axhline(100 * total, color="#c44e52", linestyle="--", linewidth=1)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x" if with_names else "y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+# ---------------------------------------------------------------------------- card
+def _cell(value: Any) -> str:
+    """Make a value safe inside a Markdown table cell."""
+    text = " ".join(str(value).split())
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    if n < 1024:
+        return f"{n} bytes"
+    value, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{n:,} bytes ({value:.1f} {unit})"
+
+
+def _split_metric(name: str) -> tuple[str, str | None]:
+    """``test_accuracy`` -> (``accuracy``, ``test``); ``accuracy`` -> (``accuracy``, None)."""
+    for prefix, split in (
+        ("test_", "test"),
+        ("eval_", "validation"),
+        ("val_", "validation"),
+        ("validation_", "validation"),
+        ("train_", "train"),
+    ):
+        if name.startswith(prefix):
+            return name[len(prefix) :], split
+    return name, None
+
+
+def _numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        str(k): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def _py(text: str) -> str:
+    """A Python string literal (double quotes, escapes) for generated code."""
+    return json.dumps(text)
+
+
+def _usage(summary: AdapterSummary, repo_id: str | None, subfolder: str | None) -> str:
+    name = summary.base_name
+    if summary.base_library == "timm" and name:
+        imports = ["import timm"]
+        build = [f"base = timm.create_model({_py(name)}, pretrained=True)"]
+    elif summary.base_library == "transformers" and name:
+        revision = f", revision={_py(summary.base_revision)}" if summary.base_revision else ""
+        imports = ["from transformers import AutoModelForImageClassification"]
+        build = [f"base = AutoModelForImageClassification.from_pretrained({_py(name)}{revision})"]
+    else:
+        imports = []
+        build = [
+            "# Build the base model exactly as it was when the adapter was trained:",
+            "# its weights are checked against the fingerprint below.",
+            "base = ...",
+        ]
+    target = _py(repo_id or "path/to/this/folder")
+    extra = f", subfolder={_py(subfolder)}" if subfolder else ""
+    call = (
+        "model(pixel_values=images).logits"
+        if summary.base_library == "transformers"
+        else ("model(images)")
+    )
+    lines = [
+        *imports,
+        "from pb_adapters import PiggybackModel",
+        "",
+        *build,
+        f"model = PiggybackModel.from_pretrained(base, {target}{extra})",
+        "model.eval()",
+        f"logits = {call}  # images: a normalised float batch, as for the base model",
+    ]
+    return "\n".join(lines)
+
+
+def _metadata(summary: AdapterSummary, repo_id: str | None, subfolder: str | None) -> Any:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    tags = [LIBRARY_NAME, summary.method]
+    if summary.base_library in ("timm", "transformers"):
+        tags.append(summary.base_library)
+    tags += ["image-classification", "task-adapter"]
+    base_model = summary.hub_base_model
+    extra: dict[str, Any] = {}
+    if base_model is not None:
+        extra["base_model_relation"] = "adapter"
+
+    eval_results = None
+    metrics = _numeric_metrics(summary.metrics)
+    model_name = (repo_id or "pb-adapters-task").split("/")[-1]
+    if subfolder:
+        model_name = f"{model_name}/{subfolder}"
+    if metrics and summary.datasets:
+        dataset = summary.datasets[0]
+        eval_results = []
+        for key, value in metrics.items():
+            metric, split = _split_metric(key)
+            eval_results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    task_name="Image Classification",
+                    dataset_type=dataset,
+                    dataset_name=dataset,
+                    dataset_split=split,
+                    metric_type=metric,
+                    metric_name=key,
+                    metric_value=value,
+                )
+            )
+    return ModelCardData(
+        library_name=LIBRARY_NAME,
+        base_model=base_model,
+        pipeline_tag="image-classification",
+        tags=tags,
+        datasets=summary.datasets or None,
+        metrics=sorted({_split_metric(k)[0] for k in metrics}) or None,
+        eval_results=eval_results,
+        model_name=model_name if eval_results else None,
+        **extra,
+    )
+
+
+def _body(
+    summary: AdapterSummary,
+    repo_id: str | None,
+    subfolder: str | None,
+    plot_name: str | None,
+) -> str:
+    title = (repo_id.split("/")[-1] if repo_id else "pb-adapters task") + (
+        f" / {subfolder}" if subfolder else ""
+    )
+    base = summary.hub_base_model or summary.base_name or summary.base_architecture or "its base"
+    base_link = (
+        f"[`{base}`](https://huggingface.co/{base})" if summary.hub_base_model else f"`{base}`"
+    )
+    bits = summary.bits_per_masked_weight
+    cost = f" (about {bits:.2f} bits per masked weight)" if bits is not None else ""
+    labels = f"a {summary.num_labels}-class head" if summary.num_labels else "a task head"
+    out = [
+        f"# {_cell(title)}",
+        "",
+        f"A **{summary.method}** task adapter made with pb-adapters for {base_link}: a learned "
+        f"mask over the frozen base weights{cost} plus {labels}. The base weights are never "
+        "changed, so any number of such tasks can share one copy of the base model.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        _usage(summary, repo_id, subfolder),
+        "```",
+        "",
+        "Loading checks the format version, the layer shapes and the base model's fingerprint",
+        "before anything is changed, and refuses a base with different weights.",
+        "",
+        "## Base model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| name | `{_cell(summary.base_name or 'unknown')}` |",
+        f"| revision | `{_cell(summary.base_revision or 'unknown')}` |",
+        f"| library | {_cell(summary.base_library or 'unknown')} |",
+        f"| architecture | `{_cell(summary.base_architecture or 'unknown')}` |",
+        f"| fingerprint | `{_cell(summary.base_fingerprint or 'unknown')}` |",
+    ]
+    if summary.base_num_parameters is not None:
+        out.append(f"| parameters | {summary.base_num_parameters:,} |")
+    out += ["", "## Mask", "", "| | |", "|---|---|"]
+    out.append(f"| method | {_cell(summary.method)} |")
+    out.append(f"| masked layers | {summary.num_masked_modules:,} |")
+    out.append(f"| masked weights | {summary.masked_weights:,} |")
+    out.append(f"| mask size | {_fmt_bytes(summary.mask_bytes)} |")
+    if bits is not None:
+        out.append(f"| bits per masked weight | {bits:.3f} |")
+    if summary.module_bytes is not None:
+        out.append(f"| head and other task weights | {_fmt_bytes(summary.module_bytes)} |")
+    if summary.weights_file_bytes is not None:
+        out.append(f"| `{ARTIFACT_WEIGHTS_NAME}` | {_fmt_bytes(summary.weights_file_bytes)} |")
+    if summary.sparsity is not None:
+        out.append(f"| overall sparsity | {100 * summary.sparsity:.2f}% of masked weights off |")
+    if summary.format_version is not None:
+        out.append(f"| artifact format | version {summary.format_version} |")
+    if plot_name:
+        out += ["", f"![Per-layer mask sparsity]({plot_name})"]
+    if summary.hyperparameters:
+        out += ["", "### Hyperparameters", "", "| name | value |", "|---|---|"]
+        out += [f"| {_cell(k)} | {_cell(v)} |" for k, v in summary.hyperparameters.items()]
+    if summary.labels or summary.num_labels:
+        count = summary.num_labels or len(summary.labels)
+        out += ["", "## Labels", "", f"{count} classes."]
+        if summary.labels:
+            shown = summary.labels[:_MAX_LABELS_SHOWN]
+            out += ["", "| id | label |", "|---|---|"]
+            out += [f"| {i} | {_cell(label)} |" for i, label in enumerate(shown)]
+            if len(summary.labels) > len(shown):
+                out.append(f"| ... | {len(summary.labels) - len(shown)} more |")
+    metrics = _numeric_metrics(summary.metrics)
+    if metrics:
+        on = f" on {', '.join(summary.datasets)}" if summary.datasets else ""
+        out += ["", "## Evaluation", "", f"Results{on}.", "", "| metric | value |", "|---|---|"]
+        out += [f"| {_cell(k)} | {v:.4f} |" for k, v in metrics.items()]
+    citation = _CITATIONS.get(summary.method)
+    if citation:
+        out += ["", "## Citation", "", "```bibtex", citation, "```"]
+    return "\n".join(out) + "\n"
+
+
+def build_model_card(
+    adapter_config: dict[str, Any],
+    repo_id: str | None = None,
+    *,
+    subfolder: str | None = None,
+    weights_path: str | Path | None = None,
+    plot_name: str | None = PLOT_NAME,
+) -> Any:
+    """Build the model card (a ``huggingface_hub.ModelCard``) for an adapter config dict.
+
+    ``repo_id`` and ``subfolder`` go into the usage snippet; ``plot_name`` is the image the card
+    links to (``None`` for no image).
+    """
+    from huggingface_hub import ModelCard
+
+    summary = summarize_adapter(adapter_config, weights_path)
+    data = _metadata(summary, repo_id, subfolder)
+    content = f"---\n{data.to_yaml()}\n---\n\n{_body(summary, repo_id, subfolder, plot_name)}"
+    return ModelCard(content)
+
+
+# ---------------------------------------------------------------------------- config.json
+def hub_config(adapter_config: dict[str, Any]) -> dict[str, Any]:
+    """The small ``config.json`` placed beside the artifact (the Hub counts its downloads)."""
+    summary = summarize_adapter(adapter_config)
+    return {
+        "library_name": LIBRARY_NAME,
+        "method": summary.method,
+        "format_version": summary.format_version,
+        "base_model": summary.base_name,
+        "base_model_revision": summary.base_revision,
+        "base_library": summary.base_library,
+        "architecture": summary.base_architecture,
+        "num_labels": summary.num_labels,
+    }
+
+
+def write_hub_config(folder: str | Path, adapter_config: dict[str, Any]) -> Path:
+    """Write :func:`hub_config` as ``config.json`` in ``folder``."""
+    path = Path(folder) / HUB_CONFIG_NAME
+    path.write_text(json.dumps(hub_config(adapter_config), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def write_model_card(
+    folder: str | Path,
+    adapter_config: dict[str, Any] | None = None,
+    repo_id: str | None = None,
+    *,
+    subfolder: str | None = None,
+) -> Path:
+    """Write ``README.md``, ``mask_sparsity.png`` and ``config.json`` into an artifact folder.
+
+    ``adapter_config`` defaults to the folder's validated ``adapter_config.json``. The plot is
+    written only when the artifact records per-layer counts (and the card links it only then).
+    Returns the path of ``README.md``.
+    """
+    folder = Path(folder)
+    if adapter_config is None:
+        adapter_config = read_adapter_config(folder)
+    weights = folder / ARTIFACT_WEIGHTS_NAME
+    summary = summarize_adapter(adapter_config, weights)
+    plot = plot_mask_sparsity(summary, folder / PLOT_NAME)
+    if plot is None:
+        (folder / PLOT_NAME).unlink(missing_ok=True)  # never leave a stale plot behind
+    card = build_model_card(
+        adapter_config,
+        repo_id,
+        subfolder=subfolder,
+        weights_path=weights,
+        plot_name=PLOT_NAME if plot is not None else None,
+    )
+    path = folder / CARD_NAME
+    path.write_text(str(card), encoding="utf-8")
+    write_hub_config(folder, adapter_config)
+    return path

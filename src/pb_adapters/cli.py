@@ -1,0 +1,214 @@
+"""The ``pb-adapters`` command line.
+
+Subcommands:
+
+* ``info REPO_OR_DIR``: what an artifact is (method, base model, labels, size, sparsity).
+* ``push DIR REPO_ID``: upload an artifact folder to the Hub (a card is generated if missing).
+* ``download REPO_ID``: fetch one task's files from the Hub.
+
+Each subcommand is one ``add_<name>(subparsers)`` function that declares its arguments and sets
+``func``; :data:`SUBCOMMANDS` lists them and is the only place to register a new one. Errors of
+the pb-adapters family are printed as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._version import __version__
+from .errors import PbAdaptersError
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+
+SubParsers = Any  # argparse's _SubParsersAction is private; keep the annotation honest
+
+
+def _add_hub_args(parser: argparse.ArgumentParser, *, token_help: str) -> None:
+    parser.add_argument("--revision", help="branch, tag or commit id (default: main)")
+    parser.add_argument("--subfolder", help="folder inside the repository that holds the task")
+    parser.add_argument("--token", help=token_help)
+
+
+# ---------------------------------------------------------------------------- info
+def _fmt_int(value: int | None) -> str:
+    return "unknown" if value is None else f"{value:,}"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print what an artifact is: method, base, labels, size, sparsity, format version."""
+    from .card import summarize_adapter
+    from .hub import resolve_adapter_folder
+    from .serialization import ARTIFACT_WEIGHTS_NAME, read_adapter_config
+
+    folder = resolve_adapter_folder(
+        args.reference, revision=args.revision, subfolder=args.subfolder, token=args.token
+    )
+    summary = summarize_adapter(read_adapter_config(folder), folder / ARTIFACT_WEIGHTS_NAME)
+    bits = summary.bits_per_masked_weight
+    labels = summary.labels
+    shown = ", ".join(labels[:10]) + (
+        f", ... ({len(labels) - 10} more)" if len(labels) > 10 else ""
+    )
+    rows = [
+        ("artifact", str(folder)),
+        ("format version", str(summary.format_version)),
+        ("method", summary.method),
+        ("base model", summary.base_name or "unknown"),
+        ("base revision", summary.base_revision or "unknown"),
+        ("base library", summary.base_library or "unknown"),
+        ("base architecture", summary.base_architecture or "unknown"),
+        ("base fingerprint", summary.base_fingerprint or "unknown"),
+        ("labels", f"{summary.num_labels or len(labels)}" + (f": {shown}" if shown else "")),
+        ("masked layers", _fmt_int(summary.num_masked_modules)),
+        ("masked weights", _fmt_int(summary.masked_weights)),
+        ("mask bytes", _fmt_int(summary.mask_bytes)),
+        ("bits per masked weight", "unknown" if bits is None else f"{bits:.3f}"),
+        ("weights file bytes", _fmt_int(summary.weights_file_bytes)),
+        (
+            "sparsity",
+            "unknown" if summary.sparsity is None else f"{100 * summary.sparsity:.2f}%",
+        ),
+    ]
+    for key, value in summary.metrics.items():
+        rows.append((f"metric {key}", str(value)))
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return EXIT_OK
+
+
+def add_info(subparsers: SubParsers) -> None:
+    """Register ``info``."""
+    parser = subparsers.add_parser(
+        "info",
+        help="describe an adapter artifact (local folder or Hub repo)",
+        description="Describe an adapter artifact: a local folder or a Hub repo id.",
+    )
+    parser.add_argument("reference", metavar="REPO_OR_DIR", help="artifact folder or Hub repo id")
+    _add_hub_args(parser, token_help="Hub token (default: HF_TOKEN or the saved login)")
+    parser.set_defaults(func=cmd_info)
+
+
+# ---------------------------------------------------------------------------- push
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload an artifact folder; print the commit (and pull request) url."""
+    from .hub import push_folder_to_hub
+
+    info = push_folder_to_hub(
+        args.folder,
+        args.repo_id,
+        private=True if args.private else None,
+        token=args.token,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        create_pr=args.create_pr,
+        subfolder=args.subfolder,
+    )
+    pr_url = getattr(info, "pr_url", None)
+    print(pr_url if pr_url else str(info))
+    return EXIT_OK
+
+
+def add_push(subparsers: SubParsers) -> None:
+    """Register ``push``."""
+    parser = subparsers.add_parser(
+        "push",
+        help="upload an artifact folder to the Hub",
+        description=(
+            "Upload an artifact folder to a Hub repository (created if needed). Several tasks can "
+            "share a repository under different --subfolder names."
+        ),
+    )
+    parser.add_argument("folder", metavar="DIR", help="artifact folder written by save_pretrained")
+    parser.add_argument("repo_id", metavar="REPO_ID", help="target repository, e.g. user/cars-mask")
+    _add_hub_args(parser, token_help="Hub token with write access (default: HF_TOKEN or login)")
+    parser.add_argument(
+        "--private", action="store_true", help="create the repository as private (if new)"
+    )
+    parser.add_argument("--commit-message", help="commit message")
+    parser.add_argument(
+        "--create-pr", action="store_true", help="open a pull request instead of committing"
+    )
+    parser.set_defaults(func=cmd_push)
+
+
+# ---------------------------------------------------------------------------- download
+def cmd_download(args: argparse.Namespace) -> int:
+    """Download one task's files; print the folder they are in."""
+    from .hub import download_adapter
+
+    folder = download_adapter(
+        args.repo_id,
+        revision=args.revision,
+        subfolder=args.subfolder,
+        local_dir=args.local_dir,
+        token=args.token,
+    )
+    print(folder)
+    return EXIT_OK
+
+
+def add_download(subparsers: SubParsers) -> None:
+    """Register ``download``."""
+    parser = subparsers.add_parser(
+        "download",
+        help="download a task from the Hub",
+        description="Download one task (artifact and card files) from a Hub repository.",
+    )
+    parser.add_argument("repo_id", metavar="REPO_ID", help="Hub repository, e.g. user/cars-mask")
+    _add_hub_args(parser, token_help="Hub token (default: HF_TOKEN or the saved login)")
+    parser.add_argument(
+        "--local-dir", help="write the files here instead of only into the Hub cache"
+    )
+    parser.set_defaults(func=cmd_download)
+
+
+# ---------------------------------------------------------------------------- entry point
+SUBCOMMANDS: list[Callable[[SubParsers], None]] = [add_info, add_push, add_download]
+"""Registration functions, one per subcommand, in the order ``--help`` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="pb-adapters",
+        description="Piggyback task adapters for timm and transformers vision models.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for register in SUBCOMMANDS:
+        register(subparsers)
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+    return text or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 2 usage or pb-adapters error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a usage error already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+    try:
+        return int(args.func(args))
+    except PbAdaptersError as err:
+        print(f"pb-adapters {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"pb-adapters {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,564 @@
+"""Hugging Face Hub integration: find, download and push adapter artifacts.
+
+A thin layer over ``huggingface_hub``. It adds three things the model code needs:
+
+* names are checked before anything is touched (repo ids, revisions, subfolders), so a hostile
+  or mistyped ``subfolder`` can never reach outside the cache or the repository;
+* only the artifact files are downloaded, and both come from the same commit;
+* every failure becomes a :class:`~pb_adapters.errors.HubError` with a one-line message that says
+  what to do (the original exception is chained as ``__cause__``).
+
+Configuration is read when a function is called, not when this module is imported: the endpoint
+(``HF_ENDPOINT`` / ``huggingface_hub.constants.ENDPOINT``), offline mode (``HF_HUB_OFFLINE``),
+the cache (``HF_HUB_CACHE`` / ``HF_HOME``) and the token (``token=``, ``HF_TOKEN`` or
+``hf auth login``) all behave as in ``huggingface_hub``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path, PurePath
+from typing import Any
+
+from .errors import ArtifactError, HubError, PbAdaptersError
+from .serialization import ARTIFACT_CONFIG_NAME, ARTIFACT_WEIGHTS_NAME
+
+__all__ = [
+    "ARTIFACT_FILES",
+    "CARD_FILES",
+    "download_adapter",
+    "is_local_reference",
+    "push_folder_to_hub",
+    "resolve_adapter_folder",
+    "validate_revision",
+    "validate_subfolder",
+]
+
+ARTIFACT_FILES: tuple[str, ...] = (ARTIFACT_CONFIG_NAME, ARTIFACT_WEIGHTS_NAME)
+"""The files a task needs to be loaded."""
+
+CARD_FILES: tuple[str, ...] = ("README.md", "mask_sparsity.png", "config.json")
+"""The files that describe a task on the Hub (model card, its plot, the download-count config)."""
+
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+_REVISION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_MAX_SUBFOLDER_LEN = 200
+_MAX_SUBFOLDER_DEPTH = 8
+_MAX_LISTED = 12
+
+
+# ---------------------------------------------------------------------------- name checks
+def validate_subfolder(subfolder: str | PurePath | None) -> str | None:
+    """Check a subfolder name and return it in canonical form (``None`` for the repo root).
+
+    Accepted: relative POSIX paths of at most 8 segments and 200 characters, each segment made of
+    ASCII letters, digits, ``_``, ``-`` and ``.`` that does not start with ``.`` or ``-``; one
+    trailing ``/`` is dropped. Refused: ``..`` and ``.`` segments, absolute paths, backslashes,
+    drive letters, empty segments, non-ASCII or control characters.
+
+    Raises:
+        HubError: the name is refused; nothing has been read or written.
+    """
+    if subfolder is None:
+        return None
+    if isinstance(subfolder, PurePath):
+        subfolder = subfolder.as_posix()
+    if not isinstance(subfolder, str):
+        raise HubError(f"subfolder must be a string, not {type(subfolder).__name__}")
+    if subfolder in ("", "."):
+        return None
+    shown = ascii(subfolder[:60]) + ("..." if len(subfolder) > 60 else "")
+    if len(subfolder) > _MAX_SUBFOLDER_LEN:
+        raise HubError(f"subfolder {shown} is longer than {_MAX_SUBFOLDER_LEN} characters")
+    if subfolder.startswith("/") or "\\" in subfolder:
+        raise HubError(f"subfolder {shown} must be a relative path with '/' separators")
+    parts = subfolder.removesuffix("/").split("/")
+    if len(parts) > _MAX_SUBFOLDER_DEPTH:
+        raise HubError(f"subfolder {shown} is nested more than {_MAX_SUBFOLDER_DEPTH} levels deep")
+    for part in parts:
+        if not _SEGMENT_RE.fullmatch(part):
+            raise HubError(
+                f"subfolder {shown} is not allowed: use letters, digits, '_', '-' and '.', "
+                "with no '..', empty or hidden segments"
+            )
+    return "/".join(parts)
+
+
+def validate_revision(revision: str | None) -> str | None:
+    """Check a branch, tag, ``refs/pr/N`` or commit id; return it unchanged (``None`` = main).
+
+    Raises:
+        HubError: the revision contains characters or segments a git ref cannot have.
+    """
+    if revision is None:
+        return None
+    if not isinstance(revision, str):
+        raise HubError(f"revision must be a string, not {type(revision).__name__}")
+    bad = (
+        not _REVISION_RE.fullmatch(revision)
+        or ".." in revision
+        or "//" in revision
+        or revision.endswith(("/", ".", ".lock"))
+    )
+    if bad:
+        shown = ascii(revision[:60]) + ("..." if len(revision) > 60 else "")
+        raise HubError(f"revision {shown} is not a valid branch, tag or commit id")
+    return revision
+
+
+def _validate_repo_id(repo_id: str) -> str:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise HubError(
+            f"{repo_id[:100]!a} is neither an existing local folder nor a valid Hub repo id "
+            "('namespace/name')"
+        ) from err
+    return repo_id
+
+
+def is_local_reference(reference: str | os.PathLike[str]) -> bool:
+    """Whether ``reference`` names a local folder rather than a Hub repository.
+
+    True for ``os.PathLike`` objects, existing directories, and strings that can only be paths
+    (absolute, ``./``, ``../``, ``~``, backslashes). A string such as ``"user/task"`` is a Hub id
+    unless a folder of that name exists in the working directory.
+    """
+    if isinstance(reference, os.PathLike):
+        return True
+    if Path(reference).is_dir():
+        return True
+    return (
+        reference.startswith(("/", "./", "../", "~", "."))
+        or "\\" in reference
+        or reference.count("/") > 1
+        or bool(re.match(r"^[A-Za-z]:", reference))
+    )
+
+
+# ---------------------------------------------------------------------------- error translation
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _has_token(token: str | bool | None) -> bool:
+    """Whether a request made with ``token`` carries one (explicit, HF_TOKEN or saved login)."""
+    if isinstance(token, str):
+        return bool(token)
+    if token is False:
+        return False
+    from huggingface_hub import get_token
+
+    return get_token() is not None
+
+
+def _network_reason(err: BaseException) -> str | None:
+    """A short reason if ``err`` (or an exception it chains) is a network failure."""
+    import httpx2
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, httpx2.TimeoutException):
+            return "the connection timed out"
+        if isinstance(current, (httpx2.ConnectError, httpx2.NetworkError)):
+            return "the connection failed"
+        if isinstance(current, httpx2.TransportError):
+            return f"network error ({type(current).__name__})"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _list_level(repo_id: str, revision: str | None, subfolder: str | None, token: Any) -> str:
+    """Best effort: what exists at ``subfolder`` of the repo (or its root), for error messages."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+    from huggingface_hub.hf_api import RepoFolder
+
+    def names(path: str | None) -> list[str]:
+        entries = HfApi().list_repo_tree(repo_id, path_in_repo=path, revision=revision, token=token)
+        return sorted(
+            PurePath(e.path).name + ("/" if isinstance(e, RepoFolder) else "")
+            for e in entries
+            if not PurePath(e.path).name.startswith(".")  # .gitattributes is noise here
+        )
+
+    prefix = ""
+    try:
+        try:
+            found = names(subfolder)
+        except RemoteEntryNotFoundError:
+            if not subfolder:
+                return ""
+            prefix, found = f"there is no folder {subfolder}; at the top level: ", names(None)
+    except Exception:  # only decorates an error message: never let it mask the real one
+        return ""
+    if not found:
+        return f" ({prefix}nothing)" if prefix else " (that folder is empty)"
+    shown = ", ".join(found[:_MAX_LISTED]) + (", ..." if len(found) > _MAX_LISTED else "")
+    return f" ({prefix or 'found: '}{shown})"
+
+
+def _translate(
+    err: BaseException,
+    *,
+    repo_id: str,
+    revision: str | None = None,
+    filename: str | None = None,
+    subfolder: str | None = None,
+    token: Any = None,
+    local_files_only: bool = False,
+    writing: bool = False,
+) -> HubError:
+    """Turn an exception raised by ``huggingface_hub`` into a short, actionable HubError."""
+    from huggingface_hub.errors import (
+        DisabledRepoError,
+        FileMetadataError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = repo_id + (f" (revision {revision})" if revision else "")
+    login = "pass token=... or run `hf auth login`"
+    status = getattr(getattr(err, "response", None), "status_code", None)
+
+    if isinstance(err, PbAdaptersError):
+        return HubError(str(err))
+    if isinstance(err, GatedRepoError):
+        return HubError(
+            f"{repo_id} is gated: request access on its Hub page, then {login} with an account "
+            "that was granted access"
+        )
+    if isinstance(err, DisabledRepoError):
+        return HubError(f"{repo_id} has been disabled on the Hub and cannot be downloaded")
+    if isinstance(err, RepositoryNotFoundError):
+        if writing:
+            return HubError(
+                f"cannot write to {repo_id}: it does not exist or your token cannot see it"
+            )
+        return HubError(
+            f"repository {repo_id} not found on {_endpoint()}: check the name; if it is private, "
+            f"{login}"
+        )
+    if isinstance(err, RevisionNotFoundError):
+        return HubError(
+            f"revision {revision!r} not found in {repo_id}: check the branch, tag or commit"
+        )
+    if isinstance(err, RemoteEntryNotFoundError):
+        path = f"{subfolder}/{filename}" if subfolder else filename
+        listing = _list_level(repo_id, revision, subfolder, token)
+        return HubError(
+            f"{where} has no {path}: is this a pb-adapters artifact (or the wrong subfolder)?"
+            f"{listing}"
+        )
+    if isinstance(err, HfHubHTTPError) and status == 401:
+        if not _has_token(token):
+            need = "a write token" if writing else "a token"
+            return HubError(
+                f"the Hub requires authentication (401) for {repo_id}: {login} ({need})"
+            )
+        return HubError(f"the Hub rejected the token (401): it is invalid or expired; {login}")
+    if isinstance(err, HfHubHTTPError) and status == 403:
+        if writing:
+            return HubError(
+                f"permission denied (403): your token cannot write to {repo_id}; use a token with "
+                "write access to that namespace"
+            )
+        return HubError(f"permission denied (403) for {repo_id}: your token cannot read it")
+    if isinstance(err, HFValidationError):
+        return HubError(f"invalid Hub argument: {err}")
+    if isinstance(err, OfflineModeIsEnabled) or (
+        isinstance(err, LocalEntryNotFoundError) and (local_files_only or _offline())
+    ):
+        switch = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"
+        what = f"{filename} of {where}" if filename else where
+        return HubError(
+            f"{what} is not in the local Hub cache and downloads are disabled ({switch}): "
+            "download it once online, or unset HF_HUB_OFFLINE / local_files_only"
+        )
+    reason = _network_reason(err)
+    if reason is not None:
+        return HubError(
+            f"could not reach the Hub at {_endpoint()} ({reason}) and {where} is not cached: check "
+            "your connection, proxy or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the cache"
+        )
+    if isinstance(err, FileMetadataError) or (
+        isinstance(err, LocalEntryNotFoundError) and isinstance(err.__cause__, FileMetadataError)
+    ):
+        return HubError(
+            f"the server at {_endpoint()} did not answer like a Hugging Face Hub: check HF_ENDPOINT"
+        )
+    if isinstance(err, LocalEntryNotFoundError):
+        return HubError(
+            f"could not download {where} and it is not in the local cache: check your connection "
+            "and try again"
+        )
+    if isinstance(err, HfHubHTTPError):
+        code = f" ({status})" if status else ""
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return HubError(f"the Hub request for {repo_id} failed{code}: {first}")
+    return HubError(f"Hub operation on {repo_id} failed: {type(err).__name__}: {err}")
+
+
+# ---------------------------------------------------------------------------- downloading
+def _local_folder(reference: str | os.PathLike[str], subfolder: str | None) -> Path:
+    folder = Path(reference).expanduser()
+    if subfolder:
+        folder = folder / subfolder
+    if not folder.is_dir():
+        raise ArtifactError(
+            f"{folder} is not a folder: pass an artifact folder written by save_pretrained or a "
+            "Hub repo id"
+        )
+    return folder
+
+
+def _commit_of(snapshot_file: str, subfolder: str | None) -> str | None:
+    """The commit id of the cache snapshot holding ``snapshot_file`` (None if not a snapshot)."""
+    depth = len(subfolder.split("/")) if subfolder else 0
+    parents = Path(snapshot_file).parents
+    if depth >= len(parents):
+        return None
+    name = parents[depth].name
+    return name if _COMMIT_RE.fullmatch(name) else None
+
+
+def resolve_adapter_folder(
+    repo_id_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """Return a local folder holding ``adapter_config.json`` and ``adapter_model.safetensors``.
+
+    A local folder is returned as is (joined with ``subfolder``). Otherwise the two artifact files
+    are fetched from the Hub repository ``repo_id_or_path`` (at ``revision``, under
+    ``subfolder``) into the Hub cache, both from the same commit, and their snapshot folder is
+    returned. Cached files are used without a download when they are current, and whenever
+    ``HF_HUB_OFFLINE=1`` or ``local_files_only=True``.
+
+    Args:
+        repo_id_or_path: a folder, or a Hub repo id such as ``"user/cars-mask"``.
+        revision: branch, tag or commit id (default: ``main``).
+        subfolder: folder inside the repository (or local folder) that holds the task.
+        token: Hub token; ``None`` uses ``HF_TOKEN`` or the saved login, ``False`` sends none.
+        cache_dir: Hub cache folder (default: ``HF_HUB_CACHE``).
+        local_files_only: never touch the network; use the cache only.
+
+    Raises:
+        HubError: a name is invalid, or the download failed (the message says why and what to do).
+        ArtifactError: a local path that is not a folder.
+    """
+    sub = validate_subfolder(subfolder)
+    rev = validate_revision(revision)
+    if is_local_reference(repo_id_or_path):
+        return _local_folder(repo_id_or_path, sub)
+    repo_id = _validate_repo_id(str(repo_id_or_path))
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    kwargs: dict[str, Any] = {
+        "subfolder": sub,
+        "cache_dir": None if cache_dir is None else str(cache_dir),
+        "local_files_only": local_files_only,
+        "token": token,
+    }
+    current = ARTIFACT_CONFIG_NAME
+    try:
+        config_path = api.hf_hub_download(repo_id, ARTIFACT_CONFIG_NAME, revision=rev, **kwargs)
+        # Pin the second file to the commit the first came from: a push in between must not
+        # pair a config with the weights of another version.
+        pinned = _commit_of(config_path, sub) or rev
+        current = ARTIFACT_WEIGHTS_NAME
+        weights_path = api.hf_hub_download(
+            repo_id, ARTIFACT_WEIGHTS_NAME, revision=pinned, **kwargs
+        )
+    except Exception as err:
+        raise _translate(
+            err,
+            repo_id=repo_id,
+            revision=rev,
+            filename=current,
+            subfolder=sub,
+            token=token,
+            local_files_only=local_files_only,
+        ) from err
+    folder = Path(config_path).parent
+    if Path(weights_path).parent != folder:  # never expected from the cache layout
+        raise HubError(f"downloaded files of {repo_id} landed in different folders")
+    return folder
+
+
+def download_adapter(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    subfolder: str | None = None,
+    local_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+    include_card: bool = True,
+) -> Path:
+    """Download one task (artifact files, and its card files if present) and return its folder.
+
+    Only the files of the task at ``subfolder`` are fetched, never other tasks in the same
+    repository. With ``local_dir`` the files are written there (keeping the ``subfolder`` layout
+    below it); otherwise they stay in the Hub cache.
+
+    Raises:
+        HubError: invalid names, or the download failed; also when the task has no
+            ``adapter_config.json`` (the message lists what is there).
+    """
+    sub = validate_subfolder(subfolder)
+    rev = validate_revision(revision)
+    _validate_repo_id(repo_id)
+    names = ARTIFACT_FILES + (CARD_FILES if include_card else ())
+    prefix = f"{sub}/" if sub else ""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    try:
+        root = api.snapshot_download(
+            repo_id,
+            revision=rev,
+            allow_patterns=[prefix + name for name in names],
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            local_dir=None if local_dir is None else str(local_dir),
+            local_files_only=local_files_only,
+            token=token,
+        )
+    except Exception as err:
+        raise _translate(
+            err,
+            repo_id=repo_id,
+            revision=rev,
+            subfolder=sub,
+            token=token,
+            local_files_only=local_files_only,
+        ) from err
+    folder = Path(root) / sub if sub else Path(root)
+    if not (folder / ARTIFACT_CONFIG_NAME).is_file():
+        listing = "" if local_files_only or _offline() else _list_level(repo_id, rev, sub, token)
+        path = prefix + ARTIFACT_CONFIG_NAME
+        raise HubError(
+            f"{repo_id} has no {path}: is this a pb-adapters artifact (or the wrong subfolder)?"
+            f"{listing}"
+        )
+    return folder
+
+
+# ---------------------------------------------------------------------------- pushing
+def _stage_with_card(folder: Path, repo_id: str, subfolder: str | None, stage: Path) -> None:
+    """Copy the artifact to ``stage`` and write the card files there (the source is untouched)."""
+    from .card import write_model_card
+
+    for name in ARTIFACT_FILES:
+        shutil.copy2(folder / name, stage / name)
+    write_model_card(stage, repo_id=repo_id, subfolder=subfolder)
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    subfolder: str | None = None,
+    write_card: bool = True,
+    allow_patterns: Iterable[str] | None = None,
+) -> str:
+    """Upload an artifact folder to ``repo_id`` (under ``subfolder``) in one commit.
+
+    The repository is created if needed (``private`` applies only then), and so is the branch
+    ``revision``. Only the artifact and card files are uploaded (``allow_patterns`` to change
+    that), and stale copies of those files at the same level are deleted in the same commit, so
+    the Hub folder mirrors ``folder``; other tasks in other subfolders are left alone. When
+    ``folder`` has no ``README.md`` and ``write_card`` is true, a model card is generated for the
+    upload without modifying ``folder``.
+
+    Returns:
+        The commit url; the returned object is a ``huggingface_hub.CommitInfo`` (a ``str``) with
+        ``.oid`` and, for ``create_pr=True``, ``.pr_url``.
+
+    Raises:
+        ArtifactError: ``folder`` is not an artifact folder.
+        HubError: invalid names, authentication, permission or network problems.
+    """
+    source = Path(folder).expanduser()
+    sub = validate_subfolder(subfolder)
+    rev = validate_revision(revision)
+    _validate_repo_id(repo_id)
+    missing = [name for name in ARTIFACT_FILES if not (source / name).is_file()]
+    if missing:
+        raise ArtifactError(
+            f"{source} is not a complete pb-adapters artifact (missing {', '.join(missing)}): "
+            "write it with save_pretrained first"
+        )
+    if create_pr and rev not in (None, "main"):
+        raise HubError(
+            "create_pr opens a pull request against main: do not combine it with revision"
+        )
+    patterns = (
+        list(allow_patterns) if allow_patterns is not None else list(ARTIFACT_FILES + CARD_FILES)
+    )
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="pb-adapters-push-") as tmp:
+        upload_from = source
+        if write_card and not (source / "README.md").is_file():
+            upload_from = Path(tmp)
+            _stage_with_card(source, repo_id, sub, upload_from)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+            if rev and rev != "main" and not rev.startswith("refs/"):
+                api.create_branch(repo_id, branch=rev, exist_ok=True, token=token)
+            info = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=upload_from,
+                path_in_repo=sub,
+                revision=rev,
+                commit_message=commit_message
+                or f"Upload pb-adapters task{f' {sub}' if sub else ''}",
+                create_pr=create_pr,
+                allow_patterns=patterns,
+                delete_patterns=patterns,
+                token=token,
+            )
+        except PbAdaptersError:
+            raise
+        except Exception as err:
+            raise _translate(err, repo_id=repo_id, revision=rev, token=token, writing=True) from err
+    return info  # type: ignore[return-value]  # CommitInfo is a str (the commit url)
