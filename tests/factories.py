@@ -73,3 +73,23 @@ def tiny_transformers(kind: str = "vit", num_labels: int = 5, seed: int = 0) -> 
 def logits(output) -> torch.Tensor:
     """Logits from a timm (tensor) or transformers (``ImageClassifierOutput``) forward."""
     return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def call(model, x: torch.Tensor) -> torch.Tensor:
+    """Logits of a plain or wrapped timm / transformers model for images ``x``."""
+    base = getattr(model, "base_model", model)
+    is_transformers = type(base).__module__.startswith("transformers")
+    return logits(model(pixel_values=x) if is_transformers else model(x))
+
+
+def train_steps(model, x: torch.Tensor, y: torch.Tensor, steps: int = 3, lr: float = 1e-2) -> None:
+    """A few Adam steps on the active adapter's trainable parameters; leaves the model in eval."""
+    params = [p for group in model.parameter_groups().values() for p in group]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(call(model, x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()

@@ -25,34 +25,17 @@ from pb_adapters.serialization import (
     ARTIFACT_WEIGHTS_NAME,
     read_adapter_config,
 )
-from tests.factories import TIMM_MODELS, TRANSFORMERS_MODELS, logits, tiny_timm, tiny_transformers
+from tests.factories import (
+    TIMM_MODELS,
+    TRANSFORMERS_MODELS,
+    tiny_timm,
+    tiny_transformers,
+    train_steps,
+)
 
 
 def _images(size: int = 32, n: int = 4) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
-
-
-def _forward(model, x):
-    return logits(model(pixel_values=x) if _is_transformers(model) else model(x))
-
-
-def _is_transformers(model) -> bool:
-    from transformers import PreTrainedModel
-
-    base = model.base_model if isinstance(model, PiggybackModel) else model
-    return isinstance(base, PreTrainedModel)
-
-
-def _train_steps(model, x, y, steps: int = 3, lr: float = 1e-2) -> None:
-    groups = model.parameter_groups()
-    opt = torch.optim.Adam([p for g in groups.values() for p in g], lr=lr)
-    model.train()
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(_forward(model, x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
 
 
 def _state_copy(model) -> dict[str, torch.Tensor]:
@@ -146,7 +129,7 @@ def test_base_weights_bit_identical_after_training_and_only_masks_head_train():
     groups = wrapped.parameter_groups()
     assert set(groups) == {"masks", "head"}
     x, y = _images(64), torch.tensor([0, 1, 2, 0])
-    _train_steps(wrapped, x, y, steps=5, lr=1e-2)
+    train_steps(wrapped, x, y, steps=5, lr=1e-2)
     assert wrapped.mask_stats().zeros > 0  # masks really moved
     with wrapped.disable_adapter():
         after = {}
@@ -164,7 +147,7 @@ def test_train_norms_trains_a_per_task_copy_and_leaves_the_base_alone():
     before = {k: v.clone() for k, v in model.state_dict().items() if "bn" in k}
     wrapped = get_piggyback_model(model, PiggybackConfig(num_labels=3, train_norms=True))
     assert "norms" in wrapped.parameter_groups()
-    _train_steps(wrapped, _images(), torch.tensor([0, 1, 2, 0]), steps=2)
+    train_steps(wrapped, _images(), torch.tensor([0, 1, 2, 0]), steps=2)
     with wrapped.disable_adapter():
         base_state = wrapped.base_model.state_dict()
         for name, tensor in before.items():
@@ -225,7 +208,7 @@ def _trained(name="test_resnet", num_labels=3, steps=3, seed=0):
     model = tiny_timm(name, seed=seed)
     wrapped = get_piggyback_model(model, PiggybackConfig(num_labels=num_labels))
     size = 64 if "efficientnet" in name else 32
-    _train_steps(wrapped, _images(size), torch.tensor([0, 1, 2, 0]) % num_labels, steps=steps)
+    train_steps(wrapped, _images(size), torch.tensor([0, 1, 2, 0]) % num_labels, steps=steps)
     return wrapped
 
 
@@ -245,7 +228,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, name):
 def test_transformers_round_trip(tmp_path, kind):
     model = tiny_transformers(kind)
     wrapped = get_piggyback_model(model, PiggybackConfig(id2label={0: "a", 1: "b"}))
-    _train_steps(wrapped, _images(), torch.tensor([0, 1, 1, 0]))
+    train_steps(wrapped, _images(), torch.tensor([0, 1, 1, 0]))
     x = _images()
     expected = wrapped(pixel_values=x).logits
     wrapped.save_pretrained(tmp_path)

@@ -1,0 +1,118 @@
+"""The training command line behind examples/train.py: parsing, end-to-end runs, reload check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pb_adapters.training.cli_args import (
+    DEMO_DEFAULTS,
+    build_train_parser,
+    load_base_model,
+    run_training,
+)
+from tests.factories import tiny_transformers
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK = [
+    "--epochs", "1",
+    "--max-steps-per-epoch", "3",
+    "--max-train-samples", "120",
+    "--max-eval-samples", "60",
+    "--image-size", "32",
+    "--batch-size", "16",
+    "--num-workers", "0",
+    "--no-progress",
+]  # fmt: skip
+
+
+def test_parser_defaults_and_options() -> None:
+    ns = build_train_parser().parse_args([])
+    assert ns.model is None and ns.dataset is None and ns.train_mode == "piggyback"
+    assert ns.epochs is None and ns.hflip is None  # filled per run: demo or general defaults
+    ns = build_train_parser().parse_args(
+        ["--model", "resnet50", "--no-hflip", "--train-mode", "head", "--mask-lr", "0.001"]
+    )
+    assert (ns.model, ns.hflip, ns.train_mode, ns.mask_lr) == ("resnet50", False, "head", 1e-3)
+    assert DEMO_DEFAULTS["output_dir"] == "outputs/demo" and DEMO_DEFAULTS["hflip"] is False
+
+
+def test_demo_run_saves_reloads_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    ns = build_train_parser().parse_args([*QUICK, "--output-dir", str(out)])
+    lines: list[str] = []
+    summary = run_training(ns, print_fn=lambda *a: lines.append(" ".join(map(str, a))))
+    assert summary["dataset"] == "mnist-5k" and summary["train_mode"] == "piggyback"
+    assert summary["reload_matches"] is True
+    assert summary["reloaded_test_accuracy"] == summary["test_accuracy"]
+    assert 0.0 <= summary["mask_zeros_fraction"] < 1.0
+    assert summary["num_masked_weights"] > 3_000_000
+    assert 1.0 <= summary["bits_per_masked_weight"] < 1.5
+    assert summary["artifact_bytes"] == sum(summary["artifact_files"].values())
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(summary["artifact_files"])
+    assert (
+        json.loads((out / "summary.json").read_text())["test_accuracy"] == summary["test_accuracy"]
+    )
+    text = "\n".join(lines)
+    for needle in (
+        "mask:",
+        "artifact:",
+        "bits per masked weight",
+        "reloaded onto a fresh backbone",
+    ):
+        assert needle in text
+
+
+def test_baseline_run_with_a_timm_model(tmp_path: Path) -> None:
+    ns = build_train_parser().parse_args(
+        [*QUICK, "--model", "test_efficientnet", "--dataset", "demo", "--train-mode", "finetune",
+         "--output-dir", str(tmp_path / "ft")]
+    )  # fmt: skip
+    summary = run_training(ns, print_fn=lambda *a: None)
+    assert summary["train_mode"] == "finetune" and "artifact_bytes" not in summary
+    assert (tmp_path / "ft" / "results.json").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:no image processor")
+def test_transformers_model_from_a_local_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "tiny-vit"
+    tiny_transformers("vit").save_pretrained(folder)
+    assert type(load_base_model(str(folder))).__name__ == "ViTForImageClassification"
+    ns = build_train_parser().parse_args(
+        [
+            *QUICK,
+            "--model",
+            str(folder),
+            "--dataset",
+            "mnist-5k",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ]
+    )
+    summary = run_training(ns, print_fn=lambda *a: None)
+    assert summary["reload_matches"] is True
+    saved = json.loads((tmp_path / "o" / "adapter_config.json").read_text())
+    assert saved["base_model"]["library"] == "transformers"
+    assert saved["base_model"]["name_or_path"] == str(folder)
+
+
+def test_unknown_names_go_to_transformers_and_fail_offline() -> None:
+    with pytest.raises(OSError):
+        load_base_model("no-such-org/no-such-model-pb-adapters", library="auto")
+
+
+def test_example_script_help() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for option in ("--model", "--dataset", "--image-column", "--train-mode", "--mask-lr"):
+        assert option in proc.stdout
