@@ -12,6 +12,8 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tiny tensors: torch's thread hand-offs cost more than they save (several times slower on 2 cores).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
@@ -19,6 +21,9 @@ import torch
 from tests.factories import tiny_timm, tiny_transformers
 
 __all__ = ["tiny_timm", "tiny_transformers"]
+
+# The local Hub server's fixtures (``hub``, ``hub_server``).
+pytest_plugins = ["tests.hub_server"]
 
 
 @pytest.fixture(autouse=True)

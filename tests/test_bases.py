@@ -190,3 +190,17 @@ def test_from_pretrained_with_an_unknown_base_name(tmp_path: Path) -> None:
     wrap(tiny_timm(), PiggybackConfig(num_labels=3)).save_pretrained(tmp_path, write_card=False)
     with pytest.raises(PbAdaptersError, match="did you mean"):
         PiggybackModel.from_pretrained("resnet5O", tmp_path)
+
+
+def test_demo_backbone_id_creates_the_shipped_backbone(tmp_path: Path) -> None:
+    from pb_adapters import PiggybackConfig, PiggybackModel, get_piggyback_model
+    from pb_adapters.training.demo import DEMO_BASE_MODEL_ID, load_demo_backbone
+
+    model = get_piggyback_model(
+        load_demo_backbone(),
+        PiggybackConfig(num_labels=2, base_model_name_or_path=DEMO_BASE_MODEL_ID),
+    )
+    model.save_pretrained(tmp_path, write_card=False)
+    reloaded = PiggybackModel.from_pretrained(DEMO_BASE_MODEL_ID, tmp_path)  # fingerprint checked
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(reloaded(x), model.eval()(x))

@@ -246,7 +246,8 @@ def load_base_model(
 
     Args:
         name_or_path: A timm name (``hf-hub:`` id, ``local-dir:`` folder or registry name), a
-            folder written by timm or transformers, or a transformers Hub id.
+            folder written by timm or transformers, a transformers Hub id, or
+            ``"pb-adapters-demo:tf_efficientnet_lite0"`` for the offline demo backbone.
         revision: The Hub branch, tag or commit to create it at. timm: appended to an ``hf-hub:``
             id as ``@revision`` (an id that already names another revision is refused), or, for
             a registry name, applied to the Hub repository its weights come from. Ignored for
@@ -271,6 +272,10 @@ def load_base_model(
             f"the base model must be named by a non-empty string, got {name_or_path!r}"
         )
     name = name_or_path.strip()
+    from .training.demo import DEMO_BASE_MODEL_ID, load_demo_backbone
+
+    if name == DEMO_BASE_MODEL_ID:  # the built-in offline demo backbone, shipped on PyPI
+        return load_demo_backbone().eval()
     if library in (None, "auto"):
         which = guess_library(name)
     elif library in _LIBRARIES:
