@@ -108,3 +108,13 @@ def test_read_adapter_config_validates_types(tmp_path):
         _write_config(tmp_path, data)
         with pytest.raises(ArtifactError, match=message):
             read_adapter_config(tmp_path)
+
+
+def test_atomic_write_gives_normal_file_permissions(tmp_path):
+    import os
+
+    path = tmp_path / "file.bin"
+    atomic_write_bytes(path, b"data")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -44,6 +44,8 @@ ARTIFACT_CONFIG_NAME = "adapter_config.json"
 ARTIFACT_WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 _MAX_CONFIG_BYTES = 64 * 1024 * 1024  # a config of millions of modules is still far below this
 
 # Most significant bit first, as numpy.packbits does, so packed masks read the same in numpy.
@@ -144,6 +146,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp's 0600 would make shared artifacts unreadable
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
