@@ -374,3 +374,17 @@ def test_save_without_adapter_refused(tmp_path):
     with pytest.raises(AdapterNotFoundError):
         Wrapper(tiny_timm("test_resnet")).save_pretrained(tmp_path)
     assert not Path(tmp_path, ARTIFACT_CONFIG_NAME).exists()
+
+
+def test_layers_with_their_own_forward_keep_it():
+    from timm.layers import Conv2dSame, StdConv2d
+
+    model = torch.nn.Sequential(StdConv2d(3, 4, 3), Conv2dSame(4, 4, 3, stride=2)).eval()
+    x = _images(9, n=2)
+    reference = model(x)
+    wrapped = get_piggyback_model(model, PiggybackConfig(target_modules=["0", "1"])).eval()
+    assert torch.equal(wrapped(x), reference)  # StdConv2d standardises, Conv2dSame pads like TF
+    with torch.no_grad():
+        layer = wrapped.base_model[0]
+        layer.mask_scores["default"][0].zero_()
+    assert not torch.equal(wrapped(x), reference)

@@ -237,3 +237,22 @@ def test_torch_compile_switches_without_stale_outputs_or_recompiles(tmp_path):
         torch.testing.assert_close(compiled(x), expected["flowers"], rtol=0, atol=1e-6)
         model.set_adapter("cars")
         torch.testing.assert_close(compiled(x), expected["cars"], rtol=0, atol=1e-6)
+
+
+def test_eval_outputs_follow_scores_changed_while_in_eval_mode():
+    model = get_piggyback_model(tiny_timm("test_resnet"), PiggybackConfig(num_labels=3)).eval()
+    x = _images()
+    with torch.no_grad():
+        before = model(x)
+    # An optimiser step taken while the model is in eval mode (frozen-BN style training).
+    loss = torch.nn.functional.cross_entropy(model(x), torch.arange(6) % 3)
+    loss.backward()
+    params = [p for group in model.parameter_groups().values() for p in group]
+    torch.optim.Adam(params, lr=1e-1).step()
+    with torch.no_grad():
+        after = model(x)
+        model.train()
+        model.eval()  # a full refresh
+        refreshed = model(x)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, refreshed)

@@ -8,6 +8,7 @@ only say how an adapter's state turns into a weight and into artifact tensors.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,8 +45,24 @@ def _generic_forward(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
     return torch.func.functional_call(layer, {"weight": weight}, (x,))
 
 
+def _is_timm_conv2d_same(layer: nn.Module) -> bool:
+    cls = type(layer)
+    return cls.__name__ == "Conv2dSame" and cls.__module__ == "timm.layers.conv2d_same"
+
+
 def _select_forward(layer: nn.Module) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
     cls = type(layer)
+    if _is_timm_conv2d_same(layer):
+        # timm's Conv2dSame (TensorFlow "SAME" padding, in the tf_* EfficientNets): call its
+        # functional form directly, saving functional_call's overhead on every forward.
+        conv2d_same = importlib.import_module("timm.layers.conv2d_same").conv2d_same
+
+        def _conv2d_same_forward(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+            return conv2d_same(
+                x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
+            )
+
+        return _conv2d_same_forward
     if isinstance(layer, nn.Linear) and cls.forward is nn.Linear.forward:
         return _linear_forward
     for conv_cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
@@ -261,9 +278,13 @@ class AdapterLayer(nn.Module):
             return self._forward_with(
                 self.base_layer, x, self.effective_weight(self.active_adapter)
             )
-        if self.merged_weight is None or not torch.compiler.is_compiling():
-            self.refresh_merged()  # a cheap check in eager mode; catches state edited in place
-        return self._forward_with(self.base_layer, x, self.merged_weight)
+        merged = self._buffers["merged_weight"]  # direct: this runs on every forward
+        if merged is None or (self._active_trainable and not torch.compiler.is_compiling()):
+            # Trainable scores can change in eval mode (an optimiser step while the model is in
+            # eval): re-check them. Frozen adapters only change through set_adapter / load.
+            self.refresh_merged()
+            merged = self._buffers["merged_weight"]
+        return self._forward_with(self._modules["base_layer"], x, merged)
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> AdapterLayer:
         super()._apply(fn, recurse)

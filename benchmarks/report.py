@@ -1,0 +1,148 @@
+"""Render ``docs/benchmarks.md`` from the JSON files in ``benchmarks/results/``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR
+
+DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:.1f} ms"
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _machine(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    return (
+        f"*Measured {m['date']} on {m['device']} ({m['cpu_count']} cores, {m['torch_threads']} torch "
+        f"threads), torch {m['torch']}, timm {m['timm']}, transformers {m['transformers']}, "
+        f"pb-adapters {m['pb_adapters']}.*"
+    )
+
+
+def multitask_section(data: dict[str, Any]) -> list[str]:
+    """Tables for ``multitask-cpu.json``."""
+    lines = [
+        "## Many tasks on one base",
+        "",
+        "`python -m benchmarks.multitask`: random weights, masks with "
+        f"{data['zero_fraction']:.0%} zeros, 10-class heads, eval mode, batch 1 at 224 px unless "
+        "noted. Each ratio is measured side by side in one run (interleaved repeats, medians).",
+        "",
+        _machine(data),
+        "",
+        "| model | plain forward | wrapped forward (active task) | ratio | `set_adapter` | "
+        "switch + first forward | ÷ plain forward |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, result in data["models"].items():
+        s = result["speed"]
+        lines.append(
+            f"| {name} | {_ms(s['eval_latency_s']['plain_forward'])} | "
+            f"{_ms(s['eval_latency_s']['wrapped_forward'])} | {s['eval_latency_ratio']:.3f} | "
+            f"{_ms(s['switching_s']['set_adapter'])} ({s['set_adapter_over_forward']:.2f}x a forward) | "
+            f"{_ms(s['switching_s']['switch_and_forward'])} | {s['switch_plus_forward_over_forward']:.2f} |"
+        )
+    lines += [
+        "",
+        "Resident memory (RSS of a fresh process) with N tasks loaded, against the same process "
+        "before loading; `packed masks` and `heads` count the bytes the adapters hold, "
+        "`materialised` the active task's weights.",
+        "",
+        "| model | tasks | RSS increase | packed masks | heads | materialised | base weights |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, result in data["models"].items():
+        for row in result["memory"]:
+            lines.append(
+                f"| {name} | {row['tasks']} | {_mib(row['rss_increase_bytes'])} | "
+                f"{_mib(row['packed_mask_bytes'])} | {_mib(row['head_bytes'])} | "
+                f"{_mib(row['materialised_active_task_bytes'])} | {_mib(row['base_weight_bytes'])} |"
+            )
+    lines += [
+        "",
+        "Mixed-task batches: 16 images of 4 tasks at 224 px.",
+        "",
+        "| model | `adapter_names=` | grouped by hand | one image at a time | plain base, same batch | "
+        "mixed ÷ grouped |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in data["models"].items():
+        s = result["speed"]
+        m = s["mixed_batch_s"]
+        lines.append(
+            f"| {name} | {m['mixed_adapter_names']:.2f} s | {m['grouped_by_task']:.2f} s | "
+            f"{m['one_sample_at_a_time']:.2f} s | {m['plain_base_same_batch']:.2f} s | "
+            f"{s['mixed_over_grouped']:.2f} |"
+        )
+    return [*lines, ""]
+
+
+def hub_section(data: dict[str, Any]) -> list[str]:
+    """Tables for ``hub-cpu.json``."""
+    lines = [
+        "## Sharing tasks on the Hub",
+        "",
+        "`python -m benchmarks.hub`, against the test suite's Hub-compatible server on 127.0.0.1 "
+        "(git-LFS uploads). One task: masks with 10% zeros and a 10-class head.",
+        "",
+        _machine(data),
+        "",
+        "| model | bytes uploaded (push with card) | artifact files | full model weights | "
+        "full ÷ uploaded | bits per masked weight |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in data["models"].items():
+        u = result["upload"]
+        lines.append(
+            f"| {name} | {u['request_total_bytes']:,} | {u['artifact_file_bytes']:,} | "
+            f"{u['full_task_model_weight_bytes']:,} | {u['full_model_over_upload']:.1f}x | "
+            f"{u['adapter_size']['bits_per_masked_weight']:.3f} |"
+        )
+    lines += [
+        "",
+        "| model | pull, warm cache | pull, offline cache | local folder | base fingerprint | "
+        "one forward (batch 1, 224 px) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in data["models"].items():
+        p = result["pull"]["median_s"]
+        lines.append(
+            f"| {name} | {_ms(p['hub_pull_warm_cache'])} | {_ms(p['hub_pull_offline_cache'])} | "
+            f"{_ms(p['local_folder_load'])} | {_ms(p['base_fingerprint'])} | "
+            f"{_ms(p['forward_batch1_224px'])} |"
+        )
+    return [*lines, ""]
+
+
+SECTIONS = {"multitask-cpu": multitask_section, "hub-cpu": hub_section}
+
+
+def render() -> Path:
+    """Write ``docs/benchmarks.md`` from every result file present."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Every figure below was measured by the command named in its section and is recomputed "
+        "when it runs again; the raw numbers, with the machine and versions, are in "
+        "`benchmarks/results/*.json`. Speed claims are ratios measured side by side in one run.",
+        "",
+    ]
+    for name, section in SECTIONS.items():
+        path = RESULTS_DIR / f"{name}.json"
+        if path.is_file():
+            lines += section(json.loads(path.read_text()))
+    DOCS_PAGE.write_text("\n".join(lines))
+    return DOCS_PAGE
+
+
+if __name__ == "__main__":
+    print(render())
