@@ -169,3 +169,14 @@ def test_transformers_usage_snippet(tmp_path: Path) -> None:
     assert "model(pixel_values=images).logits" in text
     data = ModelCard.load(tmp_path / "README.md").data
     assert "transformers" in data.tags and data.base_model == "org/vit-base"
+
+
+def test_demo_backbone_usage_snippet_builds_the_shipped_backbone(tmp_path: Path) -> None:
+    from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
+    from tests.factories import tiny_timm
+
+    config = PiggybackConfig(num_labels=2, base_model_name_or_path=DEMO_BASE_MODEL_ID)
+    model = get_piggyback_model(tiny_timm("test_resnet"), config)
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert "base = load_demo_backbone()" in card and "timm.create_model" not in card

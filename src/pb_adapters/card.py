@@ -351,8 +351,15 @@ def _py(text: str) -> str:
 
 
 def _usage(summary: AdapterSummary, repo_id: str | None, subfolder: str | None) -> str:
+    from .training.demo import DEMO_BASE_MODEL_ID  # local: keeps the card light to import
+
     name = summary.base_name
-    if summary.base_library == "timm" and name:
+    if name == DEMO_BASE_MODEL_ID:
+        imports = ["from pb_adapters.training.demo import load_demo_backbone"]
+        build = ['base = load_demo_backbone()  # pip install "pb-adapters[examples]"']
+    elif summary.base_library == "timm" and name:
+        if summary.base_revision and name.startswith("hf-hub:") and "@" not in name:
+            name = f"{name}@{summary.base_revision}"  # timm names a Hub revision inside the id
         imports = ["import timm"]
         build = [f"base = timm.create_model({_py(name)}, pretrained=True)"]
     elif summary.base_library == "transformers" and name:

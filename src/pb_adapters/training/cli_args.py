@@ -139,8 +139,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--eval-batch-size", type=int, default=None)
     g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    g.add_argument("--mask-lr", type=float, default=None, help="default 1e-4 (demo: 1e-3)")
-    g.add_argument("--head-lr", type=float, default=None, help="default 1e-4 (demo: 1e-3)")
+    g.add_argument(
+        "--mask-lr",
+        type=float,
+        default=None,
+        help="Adam learning rate of the mask scores; default 1e-4",
+    )
+    g.add_argument(
+        "--head-lr",
+        type=float,
+        default=None,
+        help="learning rate of the head; default 1e-4 (demo: 1e-3)",
+    )
     g.add_argument("--norm-lr", type=float, default=None, help="default 1e-4")
     g.add_argument("--backbone-lr", type=float, default=None, help="finetune mode; default 1e-4")
     g.add_argument("--lr-scheduler", choices=("step", "cosine", "constant"), default="step")
