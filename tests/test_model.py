@@ -388,3 +388,20 @@ def test_layers_with_their_own_forward_keep_it():
         layer = wrapped.base_model[0]
         layer.mask_scores["default"][0].zero_()
     assert not torch.equal(wrapped(x), reference)
+
+
+def test_per_task_norms_and_saved_modules_round_trip(tmp_path):
+    model = tiny_timm("test_resnet")
+    config = PiggybackConfig(num_labels=3, train_norms=True, modules_to_save=["layer1.0.conv1"])
+    wrapped = get_piggyback_model(model, config)
+    assert {"masks", "head", "norms", "modules"} <= set(wrapped.parameter_groups())
+    train_steps(wrapped, _images(), torch.tensor([0, 1, 2, 0]), steps=3)
+    x = _images()
+    expected = wrapped(x)
+    wrapped.save_pretrained(tmp_path, write_card=False)
+    kinds = {r["kind"] for r in read_adapter_config(tmp_path)["saved_modules"]}
+    assert kinds == {"head", "norm", "module"}
+    reloaded = PiggybackModel.from_pretrained(tiny_timm("test_resnet"), tmp_path).eval()
+    assert torch.equal(reloaded(x), expected)
+    with reloaded.disable_adapter():
+        assert torch.equal(reloaded(x), tiny_timm("test_resnet")(x))
