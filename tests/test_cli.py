@@ -116,7 +116,27 @@ def test_usage_errors_help_and_version(capsys: pytest.CaptureFixture[str]) -> No
     assert __version__ in capsys.readouterr().out
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in ("info", "push", "download"))
+    assert all(name in out for name in ("info", "push", "download", "train"))
+
+
+def test_train_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--model", "--dataset", "--train-mode", "--mask-lr", "--config", "--resume"):
+        assert option in out
+    config = tmp_path / "run.yaml"
+    config.write_text("model: test_resnet\ndataset: demo\nbatch_size: 4\nepochs: 3\n")
+    out_dir = tmp_path / "run"
+    argv = ["train", "--config", str(config), "--epochs", "1", "--max-steps-per-epoch", "2"]
+    argv += ["--max-train-samples", "40", "--max-eval-samples", "20", "--image-size", "32"]
+    argv += ["--num-workers", "0", "--no-progress", "--output-dir", str(out_dir)]
+    assert cli.main(argv) == 0
+    assert (out_dir / "adapter_model.safetensors").is_file()
+    assert (out_dir / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "reloaded onto a fresh backbone" in capsys.readouterr().out
+    saved = (out_dir / "run_config.yaml").read_text()
+    assert "epochs: 1\n" in saved and "batch_size: 4\n" in saved  # typed > file > default
+    assert (out_dir / "checkpoints" / "step-00000002" / "trainer_state.json").is_file()
 
 
 def test_a_new_subcommand_needs_one_registration(
@@ -128,17 +148,17 @@ def test_a_new_subcommand_needs_one_registration(
         print("trained", args.epochs)
         return 0
 
-    def add_train(subparsers: cli.SubParsers) -> None:
-        parser = subparsers.add_parser("train", help="train a task")
+    def add_fit(subparsers: cli.SubParsers) -> None:
+        parser = subparsers.add_parser("fit", help="fit a task")
         parser.add_argument("--epochs", type=int, default=1)
         parser.add_argument("--fail", action="store_true")
         parser.set_defaults(func=run)
 
-    monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, add_train])
-    assert cli.main(["train", "--epochs", "3"]) == 0
+    monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, add_fit])
+    assert cli.main(["fit", "--epochs", "3"]) == 0
     assert capsys.readouterr().out == "trained 3\n"
-    assert cli.main(["train", "--fail"]) == 2
-    assert capsys.readouterr().err == "pb-adapters train: error: it failed across lines\n"
+    assert cli.main(["fit", "--fail"]) == 2
+    assert capsys.readouterr().err == "pb-adapters fit: error: it failed across lines\n"
 
 
 def _console_script() -> str:

@@ -5,6 +5,8 @@ Subcommands:
 * ``info REPO_OR_DIR``: what an artifact is (method, base model, labels, size, sparsity).
 * ``push DIR REPO_ID``: upload an artifact folder to the Hub (a card is generated if missing).
 * ``download REPO_ID``: fetch one task's files from the Hub.
+* ``train [OPTIONS]``: learn a mask (or a baseline) for a task; the options of
+  ``examples/train.py`` (:mod:`pb_adapters.training.cli_args`).
 
 Each subcommand is one ``add_<name>(subparsers)`` function that declares its arguments and sets
 ``func``; :data:`SUBCOMMANDS` lists them and is the only place to register a new one. Errors of
@@ -169,8 +171,40 @@ def add_download(subparsers: SubParsers) -> None:
     parser.set_defaults(func=cmd_download)
 
 
+# ---------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train as ``examples/train.py`` does; 1 if the reloaded artifact scores differently."""
+    from .training.cli_args import parse_train_args, run_training
+
+    if args.config is not None:
+        # the command line must override the file only for options actually typed: re-parse the
+        # sub-command's own tokens with the file's values pre-loaded
+        argv = list(args.argv)
+        args = parse_train_args(args.train_parser, argv[argv.index("train") + 1 :])
+    summary = run_training(args)
+    return EXIT_OK if summary.get("reload_matches", True) else 1
+
+
+def add_train(subparsers: SubParsers) -> None:
+    """Register ``train``."""
+    from .training.cli_args import add_train_arguments
+
+    parser = subparsers.add_parser(
+        "train",
+        help="learn a piggyback mask (or a baseline) for an image classification task",
+        description=(
+            "Learn a piggyback mask (or a fine-tuning / head-only baseline) for an image "
+            "classification task; without --model and --dataset, the offline demo. Same options "
+            "as examples/train.py."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_train_arguments(parser)
+    parser.set_defaults(func=cmd_train, train_parser=parser)
+
+
 # ---------------------------------------------------------------------------- entry point
-SUBCOMMANDS: list[Callable[[SubParsers], None]] = [add_info, add_push, add_download]
+SUBCOMMANDS: list[Callable[[SubParsers], None]] = [add_info, add_push, add_download, add_train]
 """Registration functions, one per subcommand, in the order ``--help`` lists them."""
 
 
@@ -196,10 +230,12 @@ def _one_line(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 2 usage or pb-adapters error)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version, or a usage error already printed
         return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+    args.argv = argv  # the raw tokens, for sub-commands that re-parse (train --config)
     try:
         return int(args.func(args))
     except PbAdaptersError as err:

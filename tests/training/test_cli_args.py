@@ -13,6 +13,8 @@ from pb_adapters.training.cli_args import (
     DEMO_DEFAULTS,
     build_train_parser,
     load_base_model,
+    load_config_file,
+    parse_train_args,
     run_training,
 )
 from tests.factories import tiny_transformers
@@ -116,3 +118,59 @@ def test_example_script_help() -> None:
     assert proc.returncode == 0, proc.stderr
     for option in ("--model", "--dataset", "--image-column", "--train-mode", "--mask-lr"):
         assert option in proc.stdout
+
+
+def test_checkpoint_options_and_resume(tmp_path: Path) -> None:
+    ns = build_train_parser().parse_args(["--resume"])
+    assert (ns.resume, ns.save_steps, ns.save_total_limit) == ("latest", None, 2)
+    ns = build_train_parser().parse_args(["--resume", "x/step-00000004", "--save-steps", "5"])
+    assert (ns.resume, ns.save_steps) == ("x/step-00000004", 5)
+    out = tmp_path / "run"
+    base = [*QUICK, "--model", "test_resnet", "--dataset", "demo", "--output-dir", str(out)]
+    base += ["--no-reload-check", "--max-train-samples", "40"]
+    run_training(build_train_parser().parse_args(base), print_fn=lambda *a: None)
+    assert (out / "checkpoints" / "step-00000003" / "trainer_state.json").is_file()
+    # the resolved options are saved and can be read back as a --config file
+    saved = load_config_file(out / "run_config.yaml", build_train_parser())
+    assert (saved["model"], saved["output_dir"], saved["max_train_samples"]) == (
+        "test_resnet",
+        str(out),
+        40,
+    )
+    # a second run with more epochs continues after epoch 1 instead of starting over
+    ns = build_train_parser().parse_args([*base, "--epochs", "2", "--resume"])
+    run_training(ns, print_fn=lambda *a: None)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line.get("epoch") for line in lines] == [1, 2, None]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step-00000003",
+        "step-00000006",
+    ]
+
+
+def test_yaml_config_precedence_and_errors(tmp_path: Path) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "model: test_resnet\nmask-lr: 1e-3\nbatch_size: 8\nhflip: false\ntrain_mode: head\n"
+    )
+    parser = build_train_parser()
+    ns = parse_train_args(parser, ["--config", str(cfg)])
+    assert (ns.model, ns.mask_lr, ns.batch_size, ns.hflip, ns.train_mode) == (
+        "test_resnet",
+        1e-3,
+        8,
+        False,
+        "head",
+    )
+    assert ns.seed == 0 and ns.epochs is None  # untouched options keep their defaults
+    # typed options win; options not typed keep the file's value, even when equal to a default
+    ns = parse_train_args(parser, ["--batch-size", "32", "--config", str(cfg), "--hflip"])
+    assert (ns.batch_size, ns.hflip, ns.mask_lr, ns.train_mode) == (32, True, 1e-3, "head")
+    cfg.write_text("batch_size: 8\nlearning_rate: 0.1\nfoo: 1\n")
+    with pytest.raises(SystemExit):
+        parse_train_args(parser, ["--config", str(cfg)])
+    with pytest.raises(ValueError, match="unknown option\\(s\\) foo, learning_rate"):
+        load_config_file(cfg, parser)
+    cfg.write_text("train_mode: lora\n")
+    with pytest.raises(ValueError, match="train_mode must be one of"):
+        load_config_file(cfg, parser)

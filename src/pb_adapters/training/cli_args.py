@@ -34,9 +34,17 @@ __all__ = [
     "add_train_arguments",
     "build_train_parser",
     "load_base_model",
+    "load_config_file",
     "main",
+    "parse_train_args",
     "run_training",
+    "save_run_config",
 ]
+
+#: Written into ``--output-dir``: the resolved options of the run, usable again as ``--config``.
+RUN_CONFIG_NAME = "run_config.yaml"
+# namespace entries that are not training options (the config path itself, sub-command plumbing)
+_NOT_OPTIONS = frozenset({"config", "func", "command", "argv", "help", "train_parser"})
 
 #: Settings used for the built-in demo (no ``--model``/``--dataset``) where the user gave none.
 #: 64 px keeps EfficientNet-Lite0 fast on a CPU; digits are not flipped; crops keep most of the
@@ -68,6 +76,13 @@ _GENERAL_DEFAULTS: dict[str, Any] = {
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the training options to ``parser`` and return it."""
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="YAML",
+        help="read options from a YAML mapping whose keys are option names (mask_lr or "
+        "mask-lr); options given on the command line override it",
+    )
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -175,6 +190,31 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="skip reloading the saved artifact onto a fresh backbone",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    g = parser.add_argument_group("checkpoints")
+    g.add_argument(
+        "--save-steps",
+        type=int,
+        default=None,
+        help="also checkpoint every N optimiser steps (always: after every epoch and on Ctrl-C)",
+    )
+    g.add_argument(
+        "--save-total-limit", type=int, default=2, help="keep only the N newest checkpoints"
+    )
+    g.add_argument(
+        "--no-epoch-checkpoints",
+        action="store_true",
+        help="do not checkpoint at the end of every epoch",
+    )
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from a checkpoint folder, or (without a value) from the newest one in "
+        "<output-dir>/checkpoints",
+    )
     return parser
 
 
@@ -186,6 +226,74 @@ def build_train_parser(prog: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     return add_train_arguments(parser)
+
+
+def _option_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {
+        a.dest: a
+        for a in parser._actions  # argparse has no public accessor for its actions
+        if a.dest not in _NOT_OPTIONS and a.dest != argparse.SUPPRESS
+    }
+
+
+def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Read a YAML run configuration: a mapping of option (dest) names to values.
+
+    Keys may use ``-`` or ``_``; string values of typed options (``1e-4`` is a string to YAML)
+    go through the option's type; unknown keys and invalid choices raise ``ValueError``.
+    """
+    import yaml
+
+    text = Path(path).read_text(encoding="utf-8")
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a YAML mapping of option names to values is expected")
+    actions = _option_actions(parser)
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(k for k in values if k not in actions)
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown option(s) {', '.join(unknown)}; valid keys are the option names "
+            "of --help (e.g. mask_lr, train_mode)"
+        )
+    for key, value in values.items():
+        action = actions[key]
+        if isinstance(value, str) and callable(action.type):
+            values[key] = value = action.type(value)
+        if action.choices is not None and value is not None and value not in action.choices:
+            raise ValueError(f"{path}: {key} must be one of {list(action.choices)}, got {value!r}")
+    return values
+
+
+def parse_train_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse ``argv`` with ``parser``, reading ``--config`` first when given.
+
+    The command line wins over the file, but only for options actually typed: argparse fills in
+    defaults only for names not already in the namespace, so the file's values are pre-loaded
+    into it.
+    """
+    ns = parser.parse_args(argv)
+    if getattr(ns, "config", None) is None:
+        return ns
+    try:
+        values = load_config_file(ns.config, parser)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+    return parser.parse_args(argv, namespace=argparse.Namespace(**values))
+
+
+def save_run_config(ns: argparse.Namespace, output_dir: str | Path) -> Path:
+    """Write the resolved options of ``ns`` to ``<output_dir>/run_config.yaml``; return its path."""
+    import yaml
+
+    options = {k: v for k, v in vars(ns).items() if k not in _NOT_OPTIONS}
+    options["output_dir"] = str(output_dir)
+    path = Path(output_dir) / RUN_CONFIG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(options, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def _pick(ns: argparse.Namespace, name: str, demo: bool) -> Any:
@@ -355,7 +463,13 @@ def run_training(
         max_steps_per_epoch=ns.max_steps_per_epoch,
         disable_progress_bar=ns.no_progress,
         cpu=ns.cpu,
+        save_steps=ns.save_steps,
+        save_epoch_checkpoints=not ns.no_epoch_checkpoints,
+        save_total_limit=ns.save_total_limit,
+        resume_from_checkpoint=ns.resume,
     )
+    if acc.is_main_process:
+        save_run_config(ns, args.output_dir)
     trainer = PiggybackTrainer(model, args, splits=splits, accelerator=acc)
     result = trainer.train()
     summary: dict[str, Any] = {
@@ -431,6 +545,6 @@ def run_training(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``examples/train.py``; returns the process exit code."""
-    ns = build_train_parser().parse_args(argv)
+    ns = parse_train_args(build_train_parser(), argv)
     summary = run_training(ns)
     return 0 if summary.get("reload_matches", True) else 1

@@ -14,21 +14,34 @@ and works the same on one CPU, one GPU or ``accelerate launch`` with many proces
 The learning rate decays x0.1 at the midpoint of training (step decay, as in the official
 piggyback code; ``"cosine"`` and ``"constant"`` are options). After every epoch the validation
 split is evaluated; the trainable state of the best epoch (top-1, then loss) is kept in memory and
-restored at the end, the test split is evaluated once, metrics are appended to a JSON-lines file
-and, in piggyback mode, the adapter artifact is saved with ``save_pretrained``.
+restored at the end, the test split is evaluated once, metrics are appended to a JSON-lines file,
+the loss and accuracy curves are drawn into ``training_curves.png`` and, in piggyback mode, the
+adapter artifact is saved with ``save_pretrained``.
+
+Checkpoints (``accelerator.save_state``: model, optimiser, scheduler, RNG states, plus the
+trainer's JSON state and the best epoch's trainable state as safetensors) are written to
+``<output_dir>/checkpoints/step-XXXXXXXX`` every ``save_steps`` optimiser steps, after every epoch
+and on ``KeyboardInterrupt``; ``resume_from_checkpoint`` continues a run from one of them, skipping
+the batches the interrupted epoch had already used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import os
+import random
+import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,18 +51,24 @@ from pb_adapters.training.data import DatasetSplits, default_num_workers
 from pb_adapters.training.metrics import ClassificationMetrics
 
 __all__ = [
+    "CHECKPOINTS_DIR",
     "TRAIN_MODES",
     "PiggybackTrainer",
     "TrainMode",
     "TrainResult",
     "Trainer",
     "TrainingArguments",
+    "latest_checkpoint",
     "prepare_baseline_model",
 ]
 
 TrainMode = Literal["piggyback", "finetune", "head"]
 #: The supported values of ``TrainingArguments.train_mode``.
 TRAIN_MODES: tuple[str, ...] = ("piggyback", "finetune", "head")
+#: Sub-folder of ``output_dir`` holding the training checkpoints.
+CHECKPOINTS_DIR = "checkpoints"
+_STATE_FILE = "trainer_state.json"
+_BEST_FILE = "best_state.safetensors"
 
 
 @dataclass
@@ -81,6 +100,12 @@ class TrainingArguments:
             one for the test result.
         disable_progress_bar: no tqdm bar (the per-epoch summary lines are still printed).
         cpu: force CPU even when an accelerator is available.
+        save_steps: also write a checkpoint every this many optimiser steps (``None``: only at
+            the end of each epoch and on ``KeyboardInterrupt``).
+        save_epoch_checkpoints: write a checkpoint at the end of every epoch.
+        save_total_limit: keep only this many most recent checkpoints (``None``: keep all).
+        resume_from_checkpoint: a checkpoint folder, or ``"latest"`` for the newest one under
+            ``<output_dir>/checkpoints``, to continue training from.
     """
 
     output_dir: str = "outputs/run"
@@ -106,6 +131,10 @@ class TrainingArguments:
     metrics_file: str = "metrics.jsonl"
     disable_progress_bar: bool = False
     cpu: bool = False
+    save_steps: int | None = None
+    save_epoch_checkpoints: bool = True
+    save_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.train_mode not in TRAIN_MODES:
@@ -119,6 +148,10 @@ class TrainingArguments:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError("max_steps_per_epoch must be >= 1 or None")
+        for name in ("save_steps", "save_total_limit"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The arguments as a JSON-ready dict."""
@@ -218,6 +251,166 @@ def _set_head_only_train_mode(model: nn.Module, head_names: Iterable[str]) -> No
     model.training = True  # timm applies head dropout depending on the model's own flag
     for name in head_names:
         model.get_submodule(name).train()
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global RNG states (Python, NumPy, torch, CUDA) at this moment."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _EpochSampler(torch.utils.data.Sampler[int]):
+    """Shuffles with a generator seeded by ``(seed, epoch)`` and yields ``epoch * n + index``.
+
+    The epoch travels inside the index (decoded by :class:`_SeededItems`) so that persistent
+    worker processes, which never see attribute changes made here, still know it.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def use_epoch(self, epoch: int) -> None:
+        """Shuffle for ``epoch`` (0-based) on the next iteration."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        gen = torch.Generator()
+        gen.manual_seed(self.seed * 1_000_003 + self.epoch)
+        offset = self.epoch * self.size
+        return iter((offset + torch.randperm(self.size, generator=gen)).tolist())
+
+
+class _SeededItems(Dataset):
+    """Gives every training item its own RNG seed, ``f(seed, epoch, index)``.
+
+    Random augmentation then does not depend on the global RNG's history, which Accelerate's
+    prefetching loader interleaves with the model's own random draws: this is what makes a
+    resumed run (and one with any number of workers) see exactly the same augmented images.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, token: int) -> Any:
+        size = len(self.dataset)  # type: ignore[arg-type]
+        epoch, index = divmod(int(token), size)
+        item_seed = (self.seed * 1_000_003 + epoch) * 100_000_007 + index
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+
+
+class _SharedTaskModuleFilter(logging.Filter):
+    """Drops Accelerate's notice about the task head being registered under two names.
+
+    The active task's head (and norms) live both in the base model and in the wrapper's
+    ``task_modules``; Accelerate saves the tensor once and says so. That is expected here.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Removed shared tensor" in message and "task_modules." in message)
+
+
+@contextlib.contextmanager
+def _quiet_shared_tensor_notice() -> Iterator[None]:
+    log = logging.getLogger("accelerate.utils.other")
+    notice_filter = _SharedTaskModuleFilter()
+    log.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice_filter)
+
+
+def _save_rng_state(path: Path) -> None:
+    """Write the global RNG states as safetensors (tensors + string metadata, no pickle).
+
+    Accelerate's own RNG file is a pickle that recent torch refuses to load with
+    ``weights_only=True`` (it then silently skips it), so the trainer keeps its own copy.
+    """
+    from safetensors.torch import save_file
+
+    state = _rng_state()
+    version, keys, gauss = state["python"]
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    tensors = {
+        "torch": state["torch"],
+        "python": torch.tensor(keys, dtype=torch.int64),
+        "numpy": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+    }
+    for i, cuda_state in enumerate(state.get("cuda", [])):
+        tensors[f"cuda_{i}"] = cuda_state
+    meta = {
+        "python_version": str(version),
+        "python_gauss": json.dumps(gauss),
+        "numpy": json.dumps([np_name, int(np_pos), int(np_has_gauss), float(np_gauss)]),
+    }
+    save_file(tensors, path, metadata=meta)
+
+
+def _load_rng_state(path: Path) -> None:
+    """Restore the RNG states written by :func:`_save_rng_state`."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+    np_name, np_pos, np_has_gauss, np_gauss = json.loads(meta["numpy"])
+    state: dict[str, Any] = {
+        "python": (
+            int(meta["python_version"]),
+            tuple(int(v) for v in tensors["python"].tolist()),
+            json.loads(meta["python_gauss"]),
+        ),
+        "numpy": (
+            np_name,
+            tensors["numpy"].numpy().astype(np.uint32),
+            np_pos,
+            np_has_gauss,
+            np_gauss,
+        ),
+        "torch": tensors["torch"],
+    }
+    cuda = [tensors[f"cuda_{i}"] for i in range(len(tensors)) if f"cuda_{i}" in tensors]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        state["cuda"] = cuda
+    _set_rng_state(state)
+
+
+def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint under ``<output_dir>/checkpoints`` (None if there is none).
+
+    Folders still being written (``.tmp-*``) or missing the trainer's JSON state are ignored.
+    """
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    done = sorted(p for p in root.glob("step-*") if (p / _STATE_FILE).is_file())
+    return done[-1] if done else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,10 +552,12 @@ class PiggybackTrainer:
         if workers > 0:
             extra["persistent_workers"] = True
         if train:
-            gen = torch.Generator()
-            gen.manual_seed(self.args.seed)
+            sampler = _EpochSampler(len(dataset), self.args.seed)  # type: ignore[arg-type]
             return DataLoader(
-                dataset, batch_size=self.args.batch_size, shuffle=True, generator=gen, **extra
+                _SeededItems(dataset, self.args.seed),
+                batch_size=self.args.batch_size,
+                sampler=sampler,
+                **extra,
             )
         bs = self.args.eval_batch_size or max(self.args.batch_size, 64)
         return DataLoader(dataset, batch_size=bs, shuffle=False, **extra)
@@ -418,19 +613,88 @@ class PiggybackTrainer:
             with open(self.output_dir / self.args.metrics_file, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
 
+    # ---------------------------------------------------------------- checkpoints
+    def resolve_checkpoint(self, reference: str | os.PathLike[str]) -> Path:
+        """The checkpoint folder ``reference`` names: a path, or ``"latest"`` under ``output_dir``."""
+        if str(reference) == "latest":
+            found = latest_checkpoint(self.output_dir)
+            if found is None:
+                raise FileNotFoundError(
+                    f"no checkpoint to resume from in {self.output_dir / CHECKPOINTS_DIR}; "
+                    "train without resume_from_checkpoint first"
+                )
+            return found
+        path = Path(reference)
+        if not (path / _STATE_FILE).is_file():
+            raise FileNotFoundError(
+                f"{path} is not a complete checkpoint (no {_STATE_FILE}); pass a "
+                f"{CHECKPOINTS_DIR}/step-XXXXXXXX folder or 'latest'"
+            )
+        return path
+
+    def _save_checkpoint(
+        self, state: dict[str, Any], best_state: dict[str, torch.Tensor] | None
+    ) -> Path:
+        """Write a checkpoint under a temporary name, then rename it: a crash mid-save never
+        leaves a half-written folder that ``latest`` would pick."""
+        from safetensors.torch import save_file
+
+        acc = self.accelerator
+        root = self.output_dir / CHECKPOINTS_DIR
+        name = f"step-{state['global_step']:08d}"
+        tmp = root / f".tmp-{name}"
+        if acc.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        with _quiet_shared_tensor_notice():
+            acc.save_state(str(tmp))
+        _save_rng_state(tmp / f"rng_state_{acc.process_index}.safetensors")
+        if acc.is_main_process:
+            if best_state is not None:
+                save_file(
+                    {k: v.contiguous().cpu() for k, v in best_state.items()}, tmp / _BEST_FILE
+                )
+            # the JSON state is written last: its presence marks a complete checkpoint
+            (tmp / _STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+            final = root / name
+            if final.exists():  # re-saving a step after resuming from an older checkpoint
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            limit = self.args.save_total_limit
+            done = sorted(p for p in root.glob("step-*") if (p / _STATE_FILE).is_file())
+            if limit is not None:
+                for old in done[: max(0, len(done) - limit)]:
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return root / name
+
+    # ---------------------------------------------------------------- training
     def train(self) -> TrainResult:
-        """Run the training loop, restore the best epoch, test it, save the artifact."""
+        """Run the training loop, restore the best epoch, test it, save the artifact.
+
+        With ``args.resume_from_checkpoint`` the run continues from that checkpoint. On
+        ``KeyboardInterrupt`` a checkpoint is saved, then the exception propagates.
+        """
         from accelerate.utils import set_seed
         from tqdm.auto import tqdm
 
         args, acc = self.args, self.accelerator
         set_seed(args.seed)
+        resume = (
+            self.resolve_checkpoint(args.resume_from_checkpoint)
+            if args.resume_from_checkpoint
+            else None
+        )
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / args.metrics_file).write_text("", encoding="utf-8")
         groups = self.param_groups()
         optimizer = torch.optim.Adam(groups, weight_decay=args.weight_decay)
         train_loader = self._loader(self.train_dataset, train=True)
+        # an epoch's order depends only on (seed, epoch): a resumed run shuffles the same way
+        sampler = train_loader.sampler
         val_loader = self._loader(self.eval_dataset, train=False)
         test_loader = self._loader(self.test_dataset, train=False)
         model, optimizer, train_loader = acc.prepare(self.model, optimizer, train_loader)
@@ -444,11 +708,43 @@ class PiggybackTrainer:
         steps_per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
         total_steps = steps_per_epoch * args.num_epochs
         # The scheduler is stepped by hand once per optimiser step (not prepared: Accelerate would
-        # step it once per process).
+        # step it once per process); registered so that save_state / load_state include it.
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
             self._lr_lambda(total_steps, steps_per_epoch),
         )
+        acc.register_for_checkpointing(scheduler)
+        raw_optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+
+        history: list[dict[str, Any]] = []
+        best: tuple[float, float] | None = None
+        best_state: dict[str, torch.Tensor] | None = None
+        best_epoch, best_val = 0, {}
+        ema: float | None = None
+        start_epoch, skip, global_step = 1, 0, 0
+        partial: dict[str, Any] | None = None
+        if resume is not None:
+            from safetensors.torch import load_file
+
+            acc.load_state(str(resume))
+            rng_file = resume / f"rng_state_{acc.process_index}.safetensors"
+            if rng_file.is_file():
+                _load_rng_state(rng_file)
+            saved = json.loads((resume / _STATE_FILE).read_text(encoding="utf-8"))
+            start_epoch, skip = saved["epoch"], saved["batches_in_epoch"]
+            acc.step = saved.get("accelerate_step", 0)
+            global_step, ema, history = saved["global_step"], saved["ema"], saved["history"]
+            best = tuple(saved["best_key"]) if saved["best_key"] is not None else None
+            best_epoch, best_val, partial = saved["best_epoch"], saved["best_val"], saved["partial"]
+            if (resume / _BEST_FILE).is_file():
+                best_state = load_file(resume / _BEST_FILE)
+            if partial is None:  # the checkpoint was taken after the epoch's validation
+                start_epoch, skip, partial = start_epoch + 1, 0, None
+            if acc.is_main_process:  # the metrics file holds exactly the checkpoint's history
+                with open(self.output_dir / args.metrics_file, "w", encoding="utf-8") as fh:
+                    fh.writelines(json.dumps(r) + "\n" for r in history)
+            acc.print(f"resumed from {resume} (epoch {start_epoch}, batch {skip})")
+
         acc.print(
             f"training ({args.train_mode}): {args.num_epochs} epoch(s) x {steps_per_epoch} step(s), "
             f"batch {args.batch_size} x {acc.num_processes} process(es) x "
@@ -458,81 +754,147 @@ class PiggybackTrainer:
         interactive = sys.stderr.isatty()
         bar = tqdm(
             total=total_steps,
+            initial=global_step,
             desc=f"{args.train_mode}",
             disable=args.disable_progress_bar or not acc.is_local_main_process,
             dynamic_ncols=True,
             mininterval=0.2 if interactive else 15.0,
         )
-        history: list[dict[str, Any]] = []
-        best: tuple[float, float] | None = None
-        best_state: dict[str, torch.Tensor] | None = None
-        best_epoch, best_val = 0, {}
-        ema: float | None = None
-        start = time.perf_counter()
-        for epoch in range(1, args.num_epochs + 1):
-            self._set_train_mode(model)
-            epoch_lrs = {
-                g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)
-            }
-            train_metrics = ClassificationMetrics(ks=(1,))
-            optimizer.zero_grad(set_to_none=True)  # no partial accumulation carried over
-            epoch_start = time.perf_counter()
-            for step, (images, labels) in enumerate(train_loader):
-                if step >= batches:
-                    break
-                with acc.accumulate(model):
-                    with acc.autocast():
-                        logits = forward_logits(model, images, self.transformers_api)
-                    loss = F.cross_entropy(logits.float(), labels)
-                    acc.backward(loss)
-                    if acc.sync_gradients and args.max_grad_norm:
-                        acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                train_metrics.update(logits, labels)
-                value = float(loss.detach())
-                ema = value if ema is None else 0.9 * ema + 0.1 * value
-                if acc.sync_gradients:
-                    scheduler.step()
-                    bar.update(1)
-                    bar.set_postfix(
-                        epoch=epoch,
-                        loss=f"{ema:.4f}",
-                        lr=f"{optimizer.param_groups[0]['lr']:.1e}",
-                        refresh=False,
-                    )
-            train = train_metrics.compute()
-            record: dict[str, Any] = {
+
+        def state(
+            epoch: int, done: int, metrics: ClassificationMetrics | None, lrs: dict[str, float]
+        ) -> dict[str, Any]:
+            # ``partial`` is None once the epoch's record (validation included) is in ``history``
+            return {
                 "epoch": epoch,
-                "train_loss": train["loss"],
-                "train_top1": train["top1"],
-                "lr": epoch_lrs,  # at the start of the epoch
+                "batches_in_epoch": done,
+                "global_step": global_step,
+                # Accelerate's micro-batch counter decides when accumulation syncs; its own copy
+                # lives in a pickle that recent torch will not load
+                "accelerate_step": acc.step,
+                "ema": ema,
+                "best_key": list(best) if best is not None else None,
+                "best_epoch": best_epoch,
+                "best_val": best_val,
+                "history": history,
+                "partial": None
+                if metrics is None
+                else {
+                    "loss_sum": metrics.loss_sum,
+                    "hits": metrics.hits,
+                    "count": metrics.count,
+                    "lrs": lrs,
+                },
+                "args": args.to_dict(),
             }
-            if val_loader is not None:
-                val = self.evaluate(val_loader, model)
-                record.update({f"val_{k}": v for k, v in val.items()})
-                key = (val["top1"], -val["loss"])
-                improved = best is None or key > best
-                if improved:
-                    best, best_epoch, best_val = key, epoch, val
-                    best_state = self._snapshot(unwrapped)
-                summary = (
-                    f"epoch {epoch}/{args.num_epochs}: train loss {train['loss']:.4f} "
-                    f"top-1 {train['top1']:.2%} | val loss {val['loss']:.4f} top-1 {val['top1']:.2%} "
-                    f"top-5 {val['top5']:.2%}" + (" *" if improved else "")
-                )
-            else:
-                best_epoch = epoch
-                summary = f"epoch {epoch}/{args.num_epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2%}"
-            record["epoch_seconds"] = time.perf_counter() - epoch_start
-            summary += f" ({record['epoch_seconds']:.0f}s)"
-            history.append(record)
-            self._log(record)
-            if acc.is_main_process:
-                if bar.disable:
-                    print(summary, flush=True)
+
+        start = time.perf_counter()
+        epoch, done = start_epoch, skip
+        epoch_lrs: dict[str, float] = {}
+        train_metrics = ClassificationMetrics(ks=(1,))
+        rng_at_step = _rng_state()
+        try:
+            for epoch in range(start_epoch, args.num_epochs + 1):
+                self._set_train_mode(model)
+                epoch_lrs = {
+                    g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)
+                }
+                train_metrics = ClassificationMetrics(ks=(1,))
+                if partial is not None:  # metrics of the batches seen before the interruption
+                    train_metrics.loss_sum = partial["loss_sum"]
+                    train_metrics.hits = list(partial["hits"])
+                    train_metrics.count = partial["count"]
+                    epoch_lrs = partial["lrs"]
+                partial = None
+                # No partial accumulation carried over from the previous epoch (or from before a
+                # resume). The raw optimiser: Accelerate's wrapper only zeroes on a sync step.
+                raw_optimizer.zero_grad(set_to_none=True)
+                epoch_start = time.perf_counter()
+                sampler.use_epoch(epoch - 1)
+                loader = acc.skip_first_batches(train_loader, skip) if skip else train_loader
+                done, skip = skip, 0
+                rng_at_step = _rng_state()
+                for images, labels in loader:
+                    if done >= batches:
+                        break
+                    with acc.accumulate(model):
+                        with acc.autocast():
+                            logits = forward_logits(model, images, self.transformers_api)
+                        loss = F.cross_entropy(logits.float(), labels)
+                        acc.backward(loss)
+                        if acc.sync_gradients and args.max_grad_norm:
+                            acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    train_metrics.update(logits, labels)
+                    value = float(loss.detach())
+                    ema = value if ema is None else 0.9 * ema + 0.1 * value
+                    done += 1
+                    if acc.sync_gradients:
+                        scheduler.step()
+                        global_step += 1
+                        bar.update(1)
+                        bar.set_postfix(
+                            epoch=epoch,
+                            loss=f"{ema:.4f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.1e}",
+                            refresh=False,
+                        )
+                        rng_at_step = _rng_state()
+                        if (
+                            args.save_steps
+                            and global_step % args.save_steps == 0
+                            and done < batches
+                        ):
+                            self._save_checkpoint(
+                                state(epoch, done, train_metrics, epoch_lrs), best_state
+                            )
+                train = train_metrics.compute()
+                record: dict[str, Any] = {
+                    "epoch": epoch,
+                    "train_loss": train["loss"],
+                    "train_top1": train["top1"],
+                    "lr": epoch_lrs,  # at the start of the epoch
+                }
+                if val_loader is not None:
+                    val = self.evaluate(val_loader, model)
+                    record.update({f"val_{k}": v for k, v in val.items()})
+                    key = (val["top1"], -val["loss"])
+                    improved = best is None or key > best
+                    if improved:
+                        best, best_epoch, best_val = key, epoch, val
+                        best_state = self._snapshot(unwrapped)
+                    summary = (
+                        f"epoch {epoch}/{args.num_epochs}: train loss {train['loss']:.4f} "
+                        f"top-1 {train['top1']:.2%} | val loss {val['loss']:.4f} top-1 {val['top1']:.2%} "
+                        f"top-5 {val['top5']:.2%}" + (" *" if improved else "")
+                    )
                 else:
-                    bar.write(summary)
+                    best_epoch = epoch
+                    summary = f"epoch {epoch}/{args.num_epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2%}"
+                record["epoch_seconds"] = time.perf_counter() - epoch_start
+                summary += f" ({record['epoch_seconds']:.0f}s)"
+                history.append(record)
+                self._log(record)
+                if acc.is_main_process:
+                    if bar.disable:
+                        print(summary, flush=True)
+                    else:
+                        bar.write(summary)
+                if args.save_epoch_checkpoints:
+                    self._save_checkpoint(state(epoch, batches, None, epoch_lrs), best_state)
+        except KeyboardInterrupt:
+            bar.close()
+            # Save the state as of the last optimiser step: model and optimiser have not changed
+            # since, and the RNG is rewound to that point, so resuming continues the same run.
+            committed = done - done % args.gradient_accumulation_steps if done < batches else done
+            finished = len(history) >= epoch
+            _set_rng_state(rng_at_step)
+            ckpt = self._save_checkpoint(
+                state(epoch, committed, None if finished else train_metrics, epoch_lrs), best_state
+            )
+            acc.print(f"interrupted: checkpoint saved to {ckpt}; resume with --resume")
+            raise
         bar.close()
         if best_state is not None and best_epoch != args.num_epochs:
             self._restore(unwrapped, best_state)
@@ -567,6 +929,13 @@ class PiggybackTrainer:
             }
             payload["args"] = args.to_dict()
             (self.output_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+            if history:
+                from pb_adapters.training.curves import CURVES_FILE_NAME, plot_training_curves
+
+                title = f"{args.train_mode}" + (
+                    f" on {self.dataset_name}" if self.dataset_name else ""
+                )
+                plot_training_curves(history, self.output_dir / CURVES_FILE_NAME, title=title)
         acc.wait_for_everyone()
         return result
 
