@@ -79,6 +79,11 @@ def _key(path: str) -> str:
     return path.replace(".", "-")
 
 
+def _path(key: str) -> str:
+    """Inverse of :func:`_key`."""
+    return key.replace("-", ".")
+
+
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
@@ -167,8 +172,7 @@ class PiggybackModel(nn.Module):
         # base on set_adapter; the base's originals are kept to swap back.
         self.task_modules = nn.ModuleDict()
         self.base_modules = nn.ModuleDict()
-        self._module_kinds: dict[str, dict[str, str]] = {}  # adapter -> path -> kind
-        self._targets: dict[str, list[str]] = {}
+        self._module_kinds: dict[str, dict[str, str]] = {}  # adapter -> module key -> kind
         self._labels: dict[str, LabelState] = {}
         self._frozen: set[str] = set()  # adapters loaded for inference only
         self._base_labels = get_label_state(model)
@@ -241,11 +245,6 @@ class PiggybackModel(nn.Module):
         """Module paths of the classifier layer(s) each task replaces."""
         return list(self._head_paths)
 
-    @property
-    def adapters(self) -> dict[str, AdapterConfig]:
-        """The loaded adapters and their configs."""
-        return dict(self.peft_config)
-
     def adapter_layers(self) -> Iterator[tuple[str, AdapterLayer]]:
         """``(path, layer)`` for every adapter layer in the base model."""
         for name, module in self.base_model.named_modules():
@@ -317,7 +316,7 @@ class PiggybackModel(nn.Module):
                     self.base_modules[_key(path)] = self.base_model.get_submodule(path)
                 store[_key(path)] = module
             self.task_modules[name] = store
-        self._module_kinds[name] = {path: kind for path, (kind, _) in modules.items()}
+        self._module_kinds[name] = {_key(path): kind for path, (kind, _) in modules.items()}
 
     def _labels_for(self, config: AdapterConfig) -> LabelState:
         if config.num_labels is None:
@@ -351,7 +350,6 @@ class PiggybackModel(nn.Module):
                 raise ConfigError(f"module {path!r} already holds a {type(layer).__name__}")
             layer.add_adapter(adapter_name, config)
         self.peft_config[adapter_name] = config
-        self._targets[adapter_name] = targets
         self._labels[adapter_name] = self._labels_for(config)
         self._register_task_modules(adapter_name, task_modules)
         for _, module in task_modules.values():
@@ -372,7 +370,7 @@ class PiggybackModel(nn.Module):
         own = dict(self.task_modules[name].items()) if name is not None else {}
         for key, base_module in self.base_modules.items():
             module = own.get(key, base_module)
-            path = key.replace("-", ".")
+            path = _path(key)
             if self.base_model.get_submodule(path) is not module:
                 _set_submodule(self.base_model, path, module)
 
@@ -407,7 +405,7 @@ class PiggybackModel(nn.Module):
             config = self.peft_config[name]
             kinds = self._module_kinds[name]
             for key, module in store.items():
-                kind = kinds[key.replace("-", ".")]
+                kind = kinds[key]
                 trainable = (
                     name == self.active_adapter
                     and name not in self._frozen
@@ -422,7 +420,7 @@ class PiggybackModel(nn.Module):
             if adapter_name in layer.adapter_names:
                 layer.delete_adapter(adapter_name)
         del self.task_modules[adapter_name]
-        for store in (self.peft_config, self._module_kinds, self._targets, self._labels):
+        for store in (self.peft_config, self._module_kinds, self._labels):
             store.pop(adapter_name, None)
         self._frozen.discard(adapter_name)
         if self.active_adapter == adapter_name:
@@ -526,11 +524,7 @@ class PiggybackModel(nn.Module):
             if self.active_adapter is not None:
                 kinds = self._module_kinds[self.active_adapter]
                 store = self.task_modules[self.active_adapter]
-                trained = {
-                    id(m)
-                    for k, m in store.items()
-                    if kinds[k.replace("-", ".")] in ("norm", "module")
-                }
+                trained = {id(m) for k, m in store.items() if kinds[k] in ("norm", "module")}
             for module in self.base_model.modules():
                 if is_norm_layer(module) and id(module) not in trained:
                     module.eval()
@@ -560,7 +554,7 @@ class PiggybackModel(nn.Module):
         kind_to_group = {"head": "head", "norm": "norms", "module": "modules"}
         kinds = self._module_kinds[name]
         for key, module in self.task_modules[name].items():
-            group = groups[kind_to_group[kinds[key.replace("-", ".")]]]
+            group = groups[kind_to_group[kinds[key]]]
             group.extend(p for p in module.parameters() if p.requires_grad)
         return {k: v for k, v in groups.items() if v}
 
@@ -663,14 +657,14 @@ class PiggybackModel(nn.Module):
         saved = []
         kinds = self._module_kinds[name]
         for key, module in self.task_modules[name].items():
-            path = key.replace("-", ".")
+            path = _path(key)
             module_tensors = _module_tensors(module)
             for tkey, tensor in module_tensors.items():
                 tensors[f"modules.{path}.{tkey}"] = tensor
             saved.append(
                 {
                     "path": path,
-                    "kind": kinds[path],
+                    "kind": kinds[key],
                     "type": type(module).__name__,
                     "tensors": {k: list(v.shape) for k, v in module_tensors.items()},
                 }
@@ -877,7 +871,6 @@ class PiggybackModel(nn.Module):
         for path, layer in layers.items():
             layer.import_adapter(adapter_name, plan.layer_tensors[path], plan.config, is_trainable)
         self.peft_config[adapter_name] = plan.config
-        self._targets[adapter_name] = list(plan.layer_tensors)
         labels = plan.data.get("id2label")
         state = self._labels_for(plan.config)
         if labels:

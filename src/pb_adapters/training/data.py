@@ -476,17 +476,15 @@ class DatasetSplits:
 
 
 def _complete_splits(
-    full: ImageClassificationDataset,
+    splits: dict[str, ImageClassificationDataset],
     *,
-    train: ImageClassificationDataset | None = None,
-    validation: ImageClassificationDataset | None = None,
-    test: ImageClassificationDataset | None = None,
     val_fraction: float,
     test_fraction: float,
     seed: int,
     notes: list[str],
 ) -> tuple[ImageClassificationDataset, ImageClassificationDataset, ImageClassificationDataset]:
-    """Fill in missing splits by carving them out of ``full`` (the training data)."""
+    """Fill in missing splits (``"validation"``, ``"test"``) by carving them out of ``"train"``."""
+    full, validation, test = splits["train"], splits.get("validation"), splits.get("test")
     if test is None and validation is not None:
         # A dataset with a validation but no test split: its validation split serves as the
         # held-out test set, and model selection uses a fresh split of the training data.
@@ -505,9 +503,7 @@ def _complete_splits(
         tr, va = stratified_split(full.labels, [1 - val_fraction, val_fraction], seed)
         notes.append(f"validation ({val_fraction:.0%}) carved from train, seed {seed}")
         return full.select(tr), full.select(va), test  # type: ignore[return-value]
-    if test is None:  # pragma: no cover - handled by the first branch
-        raise AssertionError
-    return (train if train is not None else full), validation, test
+    return full, validation, test  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,7 +600,11 @@ def load_image_folder(
         paths, labels, classes, n_bad = scan_image_folder(root, strict=strict, verify=verify)
         full = ImageFileDataset(paths, labels, strict=strict)
         train, validation, test = _complete_splits(
-            full, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, notes=notes
+            {"train": full},
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            notes=notes,
         )
     else:
         if "train" not in split_dirs:
@@ -624,14 +624,7 @@ def load_image_folder(
             loaded[split] = ImageFileDataset(paths, labels, strict=strict)
             n_bad += bad
         train, validation, test = _complete_splits(
-            loaded["train"],
-            train=loaded["train"],
-            validation=loaded.get("validation"),
-            test=loaded.get("test"),
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            notes=notes,
+            loaded, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, notes=notes
         )
     if n_bad:
         notes.append(f"{n_bad} unreadable image(s) skipped")
@@ -726,14 +719,7 @@ def load_hf_datasets(
     }
     notes: list[str] = []
     train, validation, test = _complete_splits(
-        wrapped["train"],
-        train=wrapped["train"],
-        validation=wrapped.get("validation"),
-        test=wrapped.get("test"),
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        notes=notes,
+        wrapped, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, notes=notes
     )
     name = path.name if path.is_dir() else name_or_path
     return DatasetSplits(train, validation, test, dict(enumerate(names)), name=name, notes=notes)
