@@ -10,7 +10,7 @@ Any timm or transformers model and any image folder or ``datasets`` dataset work
 
     accelerate launch examples/train.py --model resnet50.a1_in1k --pretrained \\
         --dataset path/to/images --epochs 30 --output-dir outputs/my-task
-    python examples/train.py --train-mode finetune   # the full fine-tuning baseline
+    python examples/train.py --method finetune   # the full fine-tuning baseline
     python examples/train.py --help
 
 The options live in ``pb_adapters.training.cli_args`` so other entry points can reuse them.

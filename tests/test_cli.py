@@ -122,7 +122,7 @@ def test_usage_errors_help_and_version(capsys: pytest.CaptureFixture[str]) -> No
 def test_train_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["train", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--model", "--dataset", "--train-mode", "--mask-lr", "--config", "--resume"):
+    for option in ("--model", "--dataset", "--method", "--mask-lr", "--config", "--resume"):
         assert option in out
     config = tmp_path / "run.yaml"
     config.write_text("model: test_resnet\ndataset: demo\nbatch_size: 4\nepochs: 3\n")

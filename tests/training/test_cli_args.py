@@ -9,14 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from pb_adapters import PiggybackConfig
+from pb_adapters.config import AdapterConfig
 from pb_adapters.training.cli_args import (
     DEMO_DEFAULTS,
+    adapter_config_from_args,
     build_train_parser,
     load_base_model,
     load_config_file,
     parse_train_args,
     run_training,
 )
+from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
 from tests.factories import tiny_transformers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,12 +38,12 @@ QUICK = [
 
 def test_parser_defaults_and_options() -> None:
     ns = build_train_parser().parse_args([])
-    assert ns.model is None and ns.dataset is None and ns.train_mode == "piggyback"
+    assert ns.model is None and ns.dataset is None and ns.method == "piggyback"
     assert ns.epochs is None and ns.hflip is None  # filled per run: demo or general defaults
     ns = build_train_parser().parse_args(
-        ["--model", "resnet50", "--no-hflip", "--train-mode", "head", "--mask-lr", "0.001"]
+        ["--model", "resnet50", "--no-hflip", "--method", "head", "--mask-lr", "0.001"]
     )
-    assert (ns.model, ns.hflip, ns.train_mode, ns.mask_lr) == ("resnet50", False, "head", 1e-3)
+    assert (ns.model, ns.hflip, ns.method, ns.mask_lr) == ("resnet50", False, "head", 1e-3)
     assert DEMO_DEFAULTS["output_dir"] == "outputs/demo" and DEMO_DEFAULTS["hflip"] is False
 
 
@@ -48,7 +52,11 @@ def test_demo_run_saves_reloads_and_reports(tmp_path: Path) -> None:
     ns = build_train_parser().parse_args([*QUICK, "--output-dir", str(out)])
     lines: list[str] = []
     summary = run_training(ns, print_fn=lambda *a: lines.append(" ".join(map(str, a))))
-    assert summary["dataset"] == "mnist-5k" and summary["train_mode"] == "piggyback"
+    assert (
+        summary["dataset"] == "mnist-5k"
+        and summary["method"] == "piggyback"
+        and summary["train_mode"] == "adapter"
+    )
     assert summary["reload_matches"] is True
     assert summary["reloaded_test_accuracy"] == summary["test_accuracy"]
     assert 0.0 <= summary["mask_zeros_fraction"] < 1.0
@@ -71,7 +79,7 @@ def test_demo_run_saves_reloads_and_reports(tmp_path: Path) -> None:
 
 def test_baseline_run_with_a_timm_model(tmp_path: Path) -> None:
     ns = build_train_parser().parse_args(
-        [*QUICK, "--model", "test_efficientnet", "--dataset", "demo", "--train-mode", "finetune",
+        [*QUICK, "--model", "test_efficientnet", "--dataset", "demo", "--method", "finetune",
          "--output-dir", str(tmp_path / "ft")]
     )  # fmt: skip
     summary = run_training(ns, print_fn=lambda *a: None)
@@ -116,7 +124,7 @@ def test_example_script_help() -> None:
         cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
-    for option in ("--model", "--dataset", "--image-column", "--train-mode", "--mask-lr"):
+    for option in ("--model", "--dataset", "--image-column", "--method", "--mask-lr"):
         assert option in proc.stdout
 
 
@@ -150,12 +158,10 @@ def test_checkpoint_options_and_resume(tmp_path: Path) -> None:
 
 def test_yaml_config_precedence_and_errors(tmp_path: Path) -> None:
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(
-        "model: test_resnet\nmask-lr: 1e-3\nbatch_size: 8\nhflip: false\ntrain_mode: head\n"
-    )
+    cfg.write_text("model: test_resnet\nmask-lr: 1e-3\nbatch_size: 8\nhflip: false\nmethod: head\n")
     parser = build_train_parser()
     ns = parse_train_args(parser, ["--config", str(cfg)])
-    assert (ns.model, ns.mask_lr, ns.batch_size, ns.hflip, ns.train_mode) == (
+    assert (ns.model, ns.mask_lr, ns.batch_size, ns.hflip, ns.method) == (
         "test_resnet",
         1e-3,
         8,
@@ -165,12 +171,44 @@ def test_yaml_config_precedence_and_errors(tmp_path: Path) -> None:
     assert ns.seed == 0 and ns.epochs is None  # untouched options keep their defaults
     # typed options win; options not typed keep the file's value, even when equal to a default
     ns = parse_train_args(parser, ["--batch-size", "32", "--config", str(cfg), "--hflip"])
-    assert (ns.batch_size, ns.hflip, ns.mask_lr, ns.train_mode) == (32, True, 1e-3, "head")
+    assert (ns.batch_size, ns.hflip, ns.mask_lr, ns.method) == (32, True, 1e-3, "head")
     cfg.write_text("batch_size: 8\nlearning_rate: 0.1\nfoo: 1\n")
     with pytest.raises(SystemExit):
         parse_train_args(parser, ["--config", str(cfg)])
     with pytest.raises(ValueError, match="unknown option\\(s\\) foo, learning_rate"):
         load_config_file(cfg, parser)
-    cfg.write_text("train_mode: lora\n")
-    with pytest.raises(ValueError, match="train_mode must be one of"):
+    cfg.write_text("method: lora\n")
+    with pytest.raises(ValueError, match="method must be one of"):
         load_config_file(cfg, parser)
+
+
+def test_adapter_config_follows_the_method_and_refuses_foreign_options() -> None:
+    parser = build_train_parser()
+    ns = parser.parse_args(["--mask-type", "ternary", "--mask-lr", "0.002"])
+    config = adapter_config_from_args(ns, {0: "a", 1: "b"})
+    assert type(config).method == "piggyback"
+    assert (config.mask_type, config.mask_lr, config.num_labels) == ("ternary", 2e-3, 2)
+    assert config.base_model_name_or_path == DEMO_BASE_MODEL_ID
+    # head_lr left unset: the method's own default applies
+    assert config.head_lr == PiggybackConfig().head_lr
+    ns = parser.parse_args(["--model", "test_resnet"])
+    config = adapter_config_from_args(ns, {0: "a"})
+    assert (config.mask_type, config.base_model_name_or_path) == ("binary", "test_resnet")
+
+
+def test_adapter_options_a_method_lacks_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from pb_adapters.training import cli_args
+
+    @dataclasses.dataclass
+    class _Plain(AdapterConfig):
+        method = "plain"
+
+    spec = type("Spec", (), {"config_class": _Plain})
+    monkeypatch.setattr(cli_args, "get_method", lambda name: spec)
+    ns = build_train_parser().parse_args(["--mask-type", "ternary"])
+    with pytest.raises(ValueError, match="--mask-type does not apply to --method piggyback"):
+        adapter_config_from_args(ns, {0: "a"})
+    ns.mask_type = None
+    assert isinstance(adapter_config_from_args(ns, {0: "a"}), _Plain)

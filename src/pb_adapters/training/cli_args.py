@@ -12,6 +12,7 @@ EfficientNet-Lite0 for 5,000 MNIST digits, at 64 px, sized to finish in minutes 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -21,16 +22,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from pb_adapters.methods import available_methods, get_method
 from pb_adapters.training.data import DatasetSplits, build_transforms, load_datasets
 from pb_adapters.training.trainer import (
-    TRAIN_MODES,
     PiggybackTrainer,
     TrainingArguments,
     prepare_baseline_model,
 )
 
 __all__ = [
+    "BASELINE_METHODS",
     "DEMO_DEFAULTS",
+    "adapter_config_from_args",
     "add_train_arguments",
     "build_train_parser",
     "load_base_model",
@@ -41,6 +44,9 @@ __all__ = [
     "save_run_config",
 ]
 
+#: ``--method`` values that train a plain backbone instead of an adapter (the trainer's modes).
+BASELINE_METHODS: tuple[str, ...] = ("finetune", "head")
+
 #: Written into ``--output-dir``: the resolved options of the run, usable again as ``--config``.
 RUN_CONFIG_NAME = "run_config.yaml"
 # namespace entries that are not training options (the config path itself, sub-command plumbing)
@@ -49,14 +55,15 @@ _NOT_OPTIONS = frozenset({"config", "func", "command", "argv", "help", "train_pa
 #: Settings used for the built-in demo (no ``--model``/``--dataset``) where the user gave none.
 #: 64 px keeps EfficientNet-Lite0 fast on a CPU; digits are not flipped; crops keep most of the
 #: digit; the head's learning rate is 10x the official 1e-4 because the demo trains 5 epochs
-#: instead of 30 (the masks keep the official 1e-4: 1e-3 destroyed the pretrained features).
+#: instead of 30. Masks keep their method's default (piggyback: the official 1e-4; 1e-3 destroyed
+#: the pretrained features).
 DEMO_DEFAULTS: dict[str, Any] = {
     "epochs": 5,
     "image_size": 64,
     "hflip": False,
     "crop_scale": 0.6,
     "crop_pct": 1.0,
-    "mask_lr": 1e-4,
+    "mask_lr": None,
     "head_lr": 1e-3,
     "backbone_lr": 1e-4,
     "output_dir": "outputs/demo",
@@ -102,12 +109,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="how to read --model (default: timm if timm knows the name, else transformers)",
     )
     g.add_argument(
-        "--train-mode",
-        choices=TRAIN_MODES,
+        "--method",
+        choices=(*available_methods(), *BASELINE_METHODS),
         default="piggyback",
-        help="piggyback (mask + head), finetune (all weights) or head (classifier only)",
+        help="an adapter method (mask + head over the frozen base), or a baseline: finetune "
+        "(all weights) or head (classifier only)",
     )
-    g.add_argument("--mask-type", choices=("binary", "ternary"), default="binary")
+    g.add_argument(
+        "--mask-type",
+        choices=("binary", "ternary"),
+        default=None,
+        help="piggyback's mask values: binary {0,1} (default) or ternary {-1,0,1}",
+    )
     g.add_argument("--train-norms", action="store_true", help="also train per-task norm layers")
 
     g = parser.add_argument_group("data")
@@ -254,7 +267,7 @@ def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict[
     if unknown:
         raise ValueError(
             f"{path}: unknown option(s) {', '.join(unknown)}; valid keys are the option names "
-            "of --help (e.g. mask_lr, train_mode)"
+            "of --help (e.g. mask_lr, method)"
         )
     for key, value in values.items():
         action = actions[key]
@@ -351,6 +364,43 @@ def load_base_model(
     return model
 
 
+def adapter_config_from_args(
+    ns: argparse.Namespace,
+    id2label: dict[int, str],
+    *,
+    mask_lr: float | None = None,
+    head_lr: float | None = None,
+) -> Any:
+    """The adapter config of ``ns.method`` for a task labelled ``id2label``.
+
+    ``mask_lr`` / ``head_lr`` override ``ns``'s (the demo resolves its own defaults). Options the
+    method's config does not have are refused when the user set them (``--mask-type`` is
+    piggyback's) and ignored otherwise, so one command line serves every method.
+    """
+    config_class = get_method(ns.method).config_class
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    kwargs: dict[str, Any] = {"id2label": dict(id2label), "train_norms": ns.train_norms}
+    options = {
+        "mask_type": getattr(ns, "mask_type", None),
+        "mask_lr": mask_lr if mask_lr is not None else ns.mask_lr,
+        "head_lr": head_lr if head_lr is not None else ns.head_lr,
+        "norm_lr": ns.norm_lr,
+    }
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in fields:
+            raise ValueError(f"--{key.replace('_', '-')} does not apply to --method {ns.method}")
+        kwargs[key] = value
+    if ns.model is not None:
+        kwargs["base_model_name_or_path"] = ns.model
+    else:
+        from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
+
+        kwargs["base_model_name_or_path"] = DEMO_BASE_MODEL_ID
+    return config_class(**kwargs)
+
+
 def _artifact_bytes(folder: Path) -> dict[str, int]:
     return {
         p.name: p.stat().st_size
@@ -371,7 +421,8 @@ def run_training(
     from accelerate.utils import set_seed
 
     demo = ns.model is None and ns.dataset is None
-    mode = ns.train_mode
+    method = ns.method
+    mode = method if method in BASELINE_METHODS else "adapter"
     acc = Accelerator(
         mixed_precision=ns.mixed_precision,
         gradient_accumulation_steps=ns.grad_accum,
@@ -414,24 +465,12 @@ def run_training(
 
     mask_lr, head_lr = _pick(ns, "mask_lr", demo), _pick(ns, "head_lr", demo)
     set_seed(ns.seed)  # the head's initialisation does not depend on how data loading went
-    if mode == "piggyback":
-        from pb_adapters import PiggybackConfig, get_piggyback_model
+    if mode == "adapter":
+        from pb_adapters import get_piggyback_model
 
-        config_kwargs: dict[str, Any] = {
-            "id2label": dict(splits.id2label),
-            "mask_type": ns.mask_type,
-            "train_norms": ns.train_norms,
-        }
-        for key, value in (("mask_lr", mask_lr), ("head_lr", head_lr), ("norm_lr", ns.norm_lr)):
-            if value is not None:
-                config_kwargs[key] = value
-        if ns.model is not None:
-            config_kwargs["base_model_name_or_path"] = ns.model
-        else:
-            from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
-
-            config_kwargs["base_model_name_or_path"] = DEMO_BASE_MODEL_ID
-        model: nn.Module = get_piggyback_model(base, PiggybackConfig(**config_kwargs))
+        model: nn.Module = get_piggyback_model(
+            base, adapter_config_from_args(ns, splits.id2label, mask_lr=mask_lr, head_lr=head_lr)
+        )
         if acc.is_main_process:
             model.print_trainable_parameters()
     else:
@@ -442,8 +481,8 @@ def run_training(
         model_tag = (ns.model or "demo").replace("/", "_").replace(":", "_")
         data_tag = Path(str(ns.dataset)).name if ns.dataset else "mnist-5k"
         output_dir = f"outputs/{model_tag}-{data_tag}"
-    if mode != "piggyback" and ns.output_dir is None:
-        output_dir = f"{output_dir}-{mode}"
+    if method != "piggyback" and ns.output_dir is None:
+        output_dir = f"{output_dir}-{method}"
     args = TrainingArguments(
         output_dir=output_dir,
         train_mode=mode,
@@ -473,6 +512,7 @@ def run_training(
     trainer = PiggybackTrainer(model, args, splits=splits, accelerator=acc)
     result = trainer.train()
     summary: dict[str, Any] = {
+        "method": method,
         "train_mode": mode,
         "model": base_name,
         "dataset": splits.name,
@@ -490,7 +530,7 @@ def run_training(
         "output_dir": str(args.output_dir),
     }
     model = trainer.model
-    if mode == "piggyback":
+    if mode == "adapter":
         stats = model.mask_stats()
         summary["mask_zeros_fraction"] = stats.total
         summary["num_masked_weights"] = stats.num_masked

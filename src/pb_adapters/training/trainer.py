@@ -3,9 +3,10 @@
 :class:`PiggybackTrainer` trains one task on a :class:`~pb_adapters.training.data.DatasetSplits`
 and works the same on one CPU, one GPU or ``accelerate launch`` with many processes:
 
-* ``train_mode="piggyback"``: the model is a :class:`~pb_adapters.PiggybackModel`; Adam updates
-  the parameter groups the model reports (``masks``, ``head``, ``norms``), each with its own
-  learning rate (official piggyback defaults: 1e-4 for masks and head), no weight decay.
+* ``train_mode="adapter"``: the model is a :class:`~pb_adapters.PiggybackModel` carrying an adapter
+  of any method (piggyback, KSM...); Adam updates the parameter groups the model reports
+  (``masks``, ``head``, ``norms``), each with its own learning rate (the adapter config's, e.g.
+  official piggyback: 1e-4 for masks and head), no weight decay.
 * ``train_mode="finetune"``: the plain backbone with a fresh head, every weight trained
   (the "one full model per task" baseline).
 * ``train_mode="head"``: the plain backbone, frozen, with a fresh trained head (the "classifier
@@ -15,7 +16,7 @@ The learning rate decays x0.1 at the midpoint of training (step decay, as in the
 piggyback code; ``"cosine"`` and ``"constant"`` are options). After every epoch the validation
 split is evaluated; the trainable state of the best epoch (top-1, then loss) is kept in memory and
 restored at the end, the test split is evaluated once, metrics are appended to a JSON-lines file,
-the loss and accuracy curves are drawn into ``training_curves.png`` and, in piggyback mode, the
+the loss and accuracy curves are drawn into ``training_curves.png`` and, in adapter mode, the
 adapter artifact is saved with ``save_pretrained``.
 
 Checkpoints (``accelerator.save_state``: model, optimiser, scheduler, RNG states, plus the
@@ -62,9 +63,9 @@ __all__ = [
     "prepare_baseline_model",
 ]
 
-TrainMode = Literal["piggyback", "finetune", "head"]
+TrainMode = Literal["adapter", "finetune", "head"]
 #: The supported values of ``TrainingArguments.train_mode``.
-TRAIN_MODES: tuple[str, ...] = ("piggyback", "finetune", "head")
+TRAIN_MODES: tuple[str, ...] = ("adapter", "finetune", "head")
 #: Sub-folder of ``output_dir`` holding the training checkpoints.
 CHECKPOINTS_DIR = "checkpoints"
 _STATE_FILE = "trainer_state.json"
@@ -77,7 +78,8 @@ class TrainingArguments:
 
     Attributes:
         output_dir: where metrics, results and the artifact are written.
-        train_mode: ``"piggyback"`` (masks + head), ``"finetune"`` (all weights) or ``"head"``.
+        train_mode: ``"adapter"`` (the model's adapter: masks + head), ``"finetune"`` (all
+            weights) or ``"head"``.
         num_epochs: passes over the training split (official piggyback: 30).
         batch_size: per-process training batch size (official: 32).
         eval_batch_size: per-process evaluation batch size (default: max(batch_size, 64)).
@@ -95,7 +97,7 @@ class TrainingArguments:
         mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``, handed to Accelerate.
         num_workers: data loader workers per process (default: CPUs - 1, at most 8).
         max_steps_per_epoch: stop each epoch after this many batches (quick runs, tests).
-        save_artifact: save the adapter with ``save_pretrained`` at the end (piggyback mode).
+        save_artifact: save the adapter with ``save_pretrained`` at the end (adapter mode).
         metrics_file: JSON-lines file (inside ``output_dir``) receiving one line per epoch and
             one for the test result.
         disable_progress_bar: no tqdm bar (the per-epoch summary lines are still printed).
@@ -109,7 +111,7 @@ class TrainingArguments:
     """
 
     output_dir: str = "outputs/run"
-    train_mode: TrainMode = "piggyback"
+    train_mode: TrainMode = "adapter"
     num_epochs: int = 30
     batch_size: int = 32
     eval_batch_size: int | None = None
@@ -168,7 +170,7 @@ class TrainResult:
         test: test metrics of the restored model (empty without a test split).
         history: one dict per epoch (train loss/accuracy, validation metrics, lr, time).
         train_seconds: wall time of the training loop (evaluation included, saving excluded).
-        artifact_dir: the saved adapter folder (piggyback mode with ``save_artifact``), else None.
+        artifact_dir: the saved adapter folder (adapter mode with ``save_artifact``), else None.
     """
 
     best_epoch: int
@@ -422,7 +424,7 @@ class PiggybackTrainer:
     """Train one task with Accelerate: a piggyback adapter, or a fine-tuning / head-only baseline.
 
     Args:
-        model: a :class:`~pb_adapters.PiggybackModel` (``train_mode="piggyback"``) or a plain timm
+        model: a :class:`~pb_adapters.PiggybackModel` (``train_mode="adapter"``) or a plain timm
             / transformers classifier already sized for the task (baselines; see
             :func:`prepare_baseline_model`).
         args: the :class:`TrainingArguments`.
@@ -466,17 +468,23 @@ class PiggybackTrainer:
             cpu=args.cpu,
         )
         self.transformers_api = _is_transformers(model)
-        if args.train_mode == "piggyback" and not hasattr(model, "parameter_groups"):
+        if args.train_mode == "adapter" and not hasattr(model, "parameter_groups"):
             raise TypeError(
-                "train_mode='piggyback' needs a PiggybackModel (get_piggyback_model(base, config)); "
+                "train_mode='adapter' needs a PiggybackModel (get_piggyback_model(base, config)); "
                 "for a plain backbone use train_mode='finetune' or 'head'"
             )
-        if args.train_mode != "piggyback" and hasattr(model, "parameter_groups"):
+        if args.train_mode != "adapter" and hasattr(model, "parameter_groups"):
             raise TypeError(
                 f"train_mode={args.train_mode!r} trains a plain backbone, not a PiggybackModel"
             )
         self.output_dir = Path(args.output_dir)
         self._head_names: list[str] = []
+
+    @property
+    def run_label(self) -> str:
+        """What is trained, for progress bars and plots: the adapter's method, or the mode."""
+        config = self._adapter_config()
+        return str(getattr(config, "method", None) or self.args.train_mode)
 
     # ---------------------------------------------------------------- optimiser
     def _adapter_config(self) -> Any:
@@ -507,7 +515,7 @@ class PiggybackTrainer:
         """The optimiser's parameter groups for the current mode (also sets ``requires_grad``)."""
         model, mode = self.model, self.args.train_mode
         groups: list[dict[str, Any]] = []
-        if mode == "piggyback":
+        if mode == "adapter":
             for name, params in model.parameter_groups().items():
                 params = [p for p in params if p.requires_grad]
                 if params:
@@ -746,7 +754,7 @@ class PiggybackTrainer:
             acc.print(f"resumed from {resume} (epoch {start_epoch}, batch {skip})")
 
         acc.print(
-            f"training ({args.train_mode}): {args.num_epochs} epoch(s) x {steps_per_epoch} step(s), "
+            f"training ({self.run_label}): {args.num_epochs} epoch(s) x {steps_per_epoch} step(s), "
             f"batch {args.batch_size} x {acc.num_processes} process(es) x "
             f"{args.gradient_accumulation_steps} accumulation; lr "
             + ", ".join(f"{g['name']} {g['lr']:g}" for g in groups)
@@ -755,7 +763,7 @@ class PiggybackTrainer:
         bar = tqdm(
             total=total_steps,
             initial=global_step,
-            desc=f"{args.train_mode}",
+            desc=self.run_label,
             disable=args.disable_progress_bar or not acc.is_local_main_process,
             dynamic_ncols=True,
             mininterval=0.2 if interactive else 15.0,
@@ -919,11 +927,12 @@ class PiggybackTrainer:
         model.eval()
         self.model = unwrapped
         result = TrainResult(best_epoch, best_val, test, history, train_seconds)
-        if args.train_mode == "piggyback" and args.save_artifact:
+        if args.train_mode == "adapter" and args.save_artifact:
             result.artifact_dir = self.save_artifact(result)
         if acc.is_main_process:
             payload = {
                 "train_mode": args.train_mode,
+                "method": self.run_label,
                 "dataset": self.dataset_name,
                 **result.to_dict(),
             }
@@ -932,9 +941,7 @@ class PiggybackTrainer:
             if history:
                 from pb_adapters.training.curves import CURVES_FILE_NAME, plot_training_curves
 
-                title = f"{args.train_mode}" + (
-                    f" on {self.dataset_name}" if self.dataset_name else ""
-                )
+                title = self.run_label + (f" on {self.dataset_name}" if self.dataset_name else "")
                 plot_training_curves(history, self.output_dir / CURVES_FILE_NAME, title=title)
         acc.wait_for_everyone()
         return result
