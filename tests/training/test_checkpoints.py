@@ -38,6 +38,7 @@ def _trainer(splits, out: Path, **kwargs) -> PiggybackTrainer:
         num_workers=0,
         disable_progress_bar=True,
         save_artifact=False,
+        report_to="none",
         **kwargs,
     )
     return PiggybackTrainer(model, args, splits=splits)

@@ -36,6 +36,7 @@ def _args(tmp_path: Path, **kwargs) -> TrainingArguments:
         "num_workers": 0,
         "disable_progress_bar": True,
         "seed": 0,
+        "report_to": "none",
     }
     defaults.update(kwargs)
     return TrainingArguments(**defaults)

@@ -27,6 +27,7 @@ from pb_adapters.training.data import DatasetSplits, build_transforms, load_data
 from pb_adapters.training.trainer import (
     PiggybackTrainer,
     TrainingArguments,
+    make_accelerator,
     prepare_baseline_model,
 )
 
@@ -203,6 +204,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="skip reloading the saved artifact onto a fresh backbone",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--report-to",
+        default="auto",
+        metavar="TRACKERS",
+        help="experiment trackers through Accelerate: auto (TensorBoard when installed, hosted "
+        "trackers when their environment is set up), all, none, or names such as "
+        "tensorboard,wandb",
+    )
+    g.add_argument(
+        "--logging-steps", type=int, default=10, help="log the training loss every N steps"
+    )
+    g.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="REPO",
+        help="upload the artifact, its card and the training curves to this Hub repository",
+    )
+    g.add_argument(
+        "--hub-private", action="store_true", default=None, help="create the Hub repository private"
+    )
 
     g = parser.add_argument_group("checkpoints")
     g.add_argument(
@@ -417,17 +438,48 @@ def run_training(
     The summary holds the test metrics, the training time and, in piggyback mode, mask sparsity,
     artifact size, bits per masked weight and the test accuracy after reloading the artifact.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     demo = ns.model is None and ns.dataset is None
     method = ns.method
     mode = method if method in BASELINE_METHODS else "adapter"
-    acc = Accelerator(
-        mixed_precision=ns.mixed_precision,
+    mask_lr, head_lr = _pick(ns, "mask_lr", demo), _pick(ns, "head_lr", demo)
+    output_dir = _pick(ns, "output_dir", demo)
+    if output_dir is None:
+        model_tag = (ns.model or "demo").replace("/", "_").replace(":", "_")
+        data_tag = Path(str(ns.dataset)).name if ns.dataset else "mnist-5k"
+        output_dir = f"outputs/{model_tag}-{data_tag}"
+    if method != "piggyback" and ns.output_dir is None:
+        output_dir = f"{output_dir}-{method}"
+    args = TrainingArguments(
+        output_dir=output_dir,
+        train_mode=mode,
+        num_epochs=int(_pick(ns, "epochs", demo)),
+        batch_size=ns.batch_size,
+        eval_batch_size=ns.eval_batch_size,
         gradient_accumulation_steps=ns.grad_accum,
+        mask_lr=mask_lr,
+        head_lr=head_lr,
+        norm_lr=ns.norm_lr,
+        backbone_lr=float(_pick(ns, "backbone_lr", demo)),
+        lr_scheduler=ns.lr_scheduler,
+        max_grad_norm=ns.max_grad_norm,
+        seed=ns.seed,
+        mixed_precision=ns.mixed_precision,
+        num_workers=ns.num_workers,
+        max_steps_per_epoch=ns.max_steps_per_epoch,
+        disable_progress_bar=ns.no_progress,
         cpu=ns.cpu,
+        save_steps=ns.save_steps,
+        save_epoch_checkpoints=not ns.no_epoch_checkpoints,
+        save_total_limit=ns.save_total_limit,
+        resume_from_checkpoint=ns.resume,
+        report_to=ns.report_to,
+        logging_steps=ns.logging_steps,
+        push_to_hub=ns.push_to_hub,
+        hub_private=ns.hub_private,
     )
+    acc = make_accelerator(args)
     say = print_fn or acc.print
     t0 = time.perf_counter()
     set_seed(ns.seed)
@@ -463,7 +515,6 @@ def run_training(
     image_size = train_tf.transforms[0].size if hasattr(train_tf, "transforms") else None
     say(f"model: {base_name}, input {image_size}")
 
-    mask_lr, head_lr = _pick(ns, "mask_lr", demo), _pick(ns, "head_lr", demo)
     set_seed(ns.seed)  # the head's initialisation does not depend on how data loading went
     if mode == "adapter":
         from pb_adapters import get_piggyback_model
@@ -476,37 +527,6 @@ def run_training(
     else:
         model = prepare_baseline_model(base, splits.num_labels, splits.id2label)
 
-    output_dir = _pick(ns, "output_dir", demo)
-    if output_dir is None:
-        model_tag = (ns.model or "demo").replace("/", "_").replace(":", "_")
-        data_tag = Path(str(ns.dataset)).name if ns.dataset else "mnist-5k"
-        output_dir = f"outputs/{model_tag}-{data_tag}"
-    if method != "piggyback" and ns.output_dir is None:
-        output_dir = f"{output_dir}-{method}"
-    args = TrainingArguments(
-        output_dir=output_dir,
-        train_mode=mode,
-        num_epochs=int(_pick(ns, "epochs", demo)),
-        batch_size=ns.batch_size,
-        eval_batch_size=ns.eval_batch_size,
-        gradient_accumulation_steps=ns.grad_accum,
-        mask_lr=mask_lr,
-        head_lr=head_lr,
-        norm_lr=ns.norm_lr,
-        backbone_lr=float(_pick(ns, "backbone_lr", demo)),
-        lr_scheduler=ns.lr_scheduler,
-        max_grad_norm=ns.max_grad_norm,
-        seed=ns.seed,
-        mixed_precision=ns.mixed_precision or "no",
-        num_workers=ns.num_workers,
-        max_steps_per_epoch=ns.max_steps_per_epoch,
-        disable_progress_bar=ns.no_progress,
-        cpu=ns.cpu,
-        save_steps=ns.save_steps,
-        save_epoch_checkpoints=not ns.no_epoch_checkpoints,
-        save_total_limit=ns.save_total_limit,
-        resume_from_checkpoint=ns.resume,
-    )
     if acc.is_main_process:
         save_run_config(ns, args.output_dir)
     trainer = PiggybackTrainer(model, args, splits=splits, accelerator=acc)

@@ -94,7 +94,9 @@ class TrainingArguments:
         decay_factor: the step decay's factor.
         max_grad_norm: clip the gradient norm to this value (``None``: no clipping).
         seed: seeds Python, NumPy and torch (model init, shuffling, augmentation).
-        mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``, handed to Accelerate.
+        mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``, handed to Accelerate;
+            ``None`` takes Accelerate's configuration (``accelerate config`` or ``accelerate
+            launch --mixed_precision``), else ``"no"``. Mask scores stay float32 either way.
         num_workers: data loader workers per process (default: CPUs - 1, at most 8).
         max_steps_per_epoch: stop each epoch after this many batches (quick runs, tests).
         save_artifact: save the adapter with ``save_pretrained`` at the end (adapter mode).
@@ -108,6 +110,16 @@ class TrainingArguments:
         save_total_limit: keep only this many most recent checkpoints (``None``: keep all).
         resume_from_checkpoint: a checkpoint folder, or ``"latest"`` for the newest one under
             ``<output_dir>/checkpoints``, to continue training from.
+        report_to: experiment trackers to log to through Accelerate: ``"auto"`` (TensorBoard when
+            installed, hosted trackers when their environment is configured), ``"all"``,
+            ``"none"``, or tracker names (see :mod:`pb_adapters.training.tracking`). TensorBoard
+            logs go to ``<output_dir>/<method>``.
+        logging_steps: log the running training loss and learning rates to the trackers every
+            this many optimiser steps (epoch metrics are logged at the end of every epoch).
+        push_to_hub: a Hub repository id (``user/my-task``) to upload the artifact, its model
+            card and the training curves to at the end (adapter mode; the token comes from
+            ``huggingface-cli login`` or ``HF_TOKEN``).
+        hub_private: create the repository private (only used when it does not exist yet).
     """
 
     output_dir: str = "outputs/run"
@@ -126,7 +138,7 @@ class TrainingArguments:
     decay_factor: float = 0.1
     max_grad_norm: float | None = None
     seed: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None
     num_workers: int | None = None
     max_steps_per_epoch: int | None = None
     save_artifact: bool = True
@@ -137,6 +149,10 @@ class TrainingArguments:
     save_epoch_checkpoints: bool = True
     save_total_limit: int | None = 2
     resume_from_checkpoint: str | None = None
+    report_to: str | list[str] = "auto"
+    logging_steps: int = 10
+    push_to_hub: str | None = None
+    hub_private: bool | None = None
 
     def __post_init__(self) -> None:
         if self.train_mode not in TRAIN_MODES:
@@ -150,6 +166,12 @@ class TrainingArguments:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError("max_steps_per_epoch must be >= 1 or None")
+        if int(self.logging_steps) < 1:
+            raise ValueError(f"logging_steps must be >= 1, got {self.logging_steps!r}")
+        if self.push_to_hub is not None and self.train_mode != "adapter":
+            raise ValueError(
+                "push_to_hub uploads an adapter artifact: it needs train_mode='adapter'"
+            )
         for name in ("save_steps", "save_total_limit"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
@@ -190,6 +212,17 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------
 # Model helpers
 # --------------------------------------------------------------------------------------------
+
+
+def _tracker_values(record: dict[str, Any]) -> dict[str, float]:
+    """A metrics-file record as tracker scalars: ``val_top1`` -> ``val/top1``."""
+    values: dict[str, float] = {}
+    for key, value in record.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        split, _, metric = key.partition("_")
+        values[f"{split}/{metric}" if metric and split in ("train", "val", "test") else key] = value
+    return values
 
 
 def _inner_model(model: nn.Module) -> nn.Module:
@@ -420,6 +453,23 @@ def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
 # --------------------------------------------------------------------------------------------
 
 
+def make_accelerator(args: TrainingArguments) -> Any:
+    """The ``accelerate.Accelerator`` a run with ``args`` uses: precision, accumulation, device
+    and trackers (logging under ``args.output_dir``)."""
+    from accelerate import Accelerator
+
+    from pb_adapters.training.tracking import resolve_report_to
+
+    trackers = resolve_report_to(args.report_to)
+    return Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        cpu=args.cpu,
+        log_with=trackers or None,
+        project_dir=args.output_dir if trackers else None,
+    )
+
+
 class PiggybackTrainer:
     """Train one task with Accelerate: a piggyback adapter, or a fine-tuning / head-only baseline.
 
@@ -432,7 +482,8 @@ class PiggybackTrainer:
             or pass ``splits=`` instead.
         splits: a :class:`~pb_adapters.training.data.DatasetSplits` (its transforms must be set).
         dataset_name: recorded in the artifact and metrics (default: ``splits.name``).
-        accelerator: an existing ``accelerate.Accelerator``; one is created from ``args`` if None.
+        accelerator: an existing ``accelerate.Accelerator`` (its trackers are used); one is
+            created by :func:`make_accelerator` if None.
     """
 
     def __init__(
@@ -447,7 +498,6 @@ class PiggybackTrainer:
         dataset_name: str | None = None,
         accelerator: Any = None,
     ) -> None:
-        from accelerate import Accelerator
 
         if splits is not None:
             train_dataset = train_dataset or splits.train
@@ -462,11 +512,7 @@ class PiggybackTrainer:
         self.eval_dataset = eval_dataset
         self.test_dataset = test_dataset
         self.dataset_name = dataset_name
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=args.mixed_precision,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-            cpu=args.cpu,
-        )
+        self.accelerator = accelerator or make_accelerator(args)
         self.transformers_api = _is_transformers(model)
         if args.train_mode == "adapter" and not hasattr(model, "parameter_groups"):
             raise TypeError(
@@ -759,6 +805,11 @@ class PiggybackTrainer:
             f"{args.gradient_accumulation_steps} accumulation; lr "
             + ", ".join(f"{g['name']} {g['lr']:g}" for g in groups)
         )
+        tracking = bool(acc.log_with)
+        if tracking:
+            from pb_adapters.training.tracking import tracker_config
+
+            acc.init_trackers(self.run_label, config=tracker_config(args.to_dict()))
         interactive = sys.stderr.isatty()
         bar = tqdm(
             total=total_steps,
@@ -834,7 +885,8 @@ class PiggybackTrainer:
                             acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
-                    train_metrics.update(logits, labels)
+                    # gathered: every rank holds (and checkpoints) the totals over all ranks
+                    train_metrics.update(logits, labels, accelerator=acc)
                     value = float(loss.detach())
                     ema = value if ema is None else 0.9 * ema + 0.1 * value
                     done += 1
@@ -849,6 +901,17 @@ class PiggybackTrainer:
                             refresh=False,
                         )
                         rng_at_step = _rng_state()
+                        if tracking and global_step % args.logging_steps == 0:
+                            acc.log(
+                                {
+                                    "train/loss_ema": ema,
+                                    **{
+                                        f"lr/{g.get('name', i)}": g["lr"]
+                                        for i, g in enumerate(optimizer.param_groups)
+                                    },
+                                },
+                                step=global_step,
+                            )
                         if (
                             args.save_steps
                             and global_step % args.save_steps == 0
@@ -884,6 +947,8 @@ class PiggybackTrainer:
                 summary += f" ({record['epoch_seconds']:.0f}s)"
                 history.append(record)
                 self._log(record)
+                if tracking:
+                    acc.log(_tracker_values(record), step=global_step)
                 if acc.is_main_process:
                     if bar.disable:
                         print(summary, flush=True)
@@ -902,6 +967,8 @@ class PiggybackTrainer:
                 state(epoch, committed, None if finished else train_metrics, epoch_lrs), best_state
             )
             acc.print(f"interrupted: checkpoint saved to {ckpt}; resume with --resume")
+            if tracking:
+                acc.end_training()
             raise
         bar.close()
         if best_state is not None and best_epoch != args.num_epochs:
@@ -916,19 +983,20 @@ class PiggybackTrainer:
                 f"test: loss {test['loss']:.4f} top-1 {test['top1']:.2%} top-5 {test['top5']:.2%} "
                 f"({int(test['num_samples'])} images)"
             )
-            self._log(
-                {
-                    "split": "test",
-                    "best_epoch": best_epoch,
-                    **{f"test_{k}": v for k, v in test.items()},
-                }
-            )
+            record = {
+                "split": "test",
+                "best_epoch": best_epoch,
+                **{f"test_{k}": v for k, v in test.items()},
+            }
+            self._log(record)
+            if tracking:
+                acc.log(_tracker_values(record), step=global_step)
+        if tracking:
+            acc.end_training()
         train_seconds = time.perf_counter() - start
         model.eval()
         self.model = unwrapped
         result = TrainResult(best_epoch, best_val, test, history, train_seconds)
-        if args.train_mode == "adapter" and args.save_artifact:
-            result.artifact_dir = self.save_artifact(result)
         if acc.is_main_process:
             payload = {
                 "train_mode": args.train_mode,
@@ -943,8 +1011,36 @@ class PiggybackTrainer:
 
                 title = self.run_label + (f" on {self.dataset_name}" if self.dataset_name else "")
                 plot_training_curves(history, self.output_dir / CURVES_FILE_NAME, title=title)
+        if args.train_mode == "adapter" and args.save_artifact:
+            result.artifact_dir = self.save_artifact(result)
+            if args.push_to_hub:
+                self.push_artifact(result.artifact_dir)
         acc.wait_for_everyone()
         return result
+
+    def push_artifact(self, folder: Path) -> str | None:
+        """Upload the artifact in ``folder``, its card and the training curves to
+        ``args.push_to_hub`` (main process only); return the commit url there."""
+        acc, args = self.accelerator, self.args
+        url: str | None = None
+        if acc.is_main_process:
+            from pb_adapters.hub import ARTIFACT_FILES, CARD_FILES, push_folder_to_hub
+            from pb_adapters.training.curves import CURVES_FILE_NAME
+
+            curves = self.output_dir / CURVES_FILE_NAME
+            if curves.is_file() and not (folder / CURVES_FILE_NAME).is_file():
+                shutil.copyfile(curves, folder / CURVES_FILE_NAME)
+            url = push_folder_to_hub(
+                folder,
+                str(args.push_to_hub),
+                private=args.hub_private,
+                commit_message=f"Upload {self.run_label} adapter trained on "
+                + (self.dataset_name or "a custom dataset"),
+                allow_patterns=[*ARTIFACT_FILES, *CARD_FILES, CURVES_FILE_NAME],
+            )
+            acc.print(f"pushed to https://huggingface.co/{args.push_to_hub} ({url})")
+        acc.wait_for_everyone()
+        return url
 
     def artifact_metrics(self, result: TrainResult) -> dict[str, Any]:
         """The metrics recorded in the artifact and its model card (named ``<split>_<metric>``)."""
