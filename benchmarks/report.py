@@ -123,7 +123,38 @@ def hub_section(data: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-SECTIONS = {"multitask-cpu": multitask_section, "hub-cpu": hub_section}
+def training_section(data: dict[str, Any]) -> list[str]:
+    """Tables for ``training-cpu.json``: each method's step time and peak memory vs fine-tuning."""
+    lines = [
+        "## Training cost",
+        "",
+        "`python -m benchmarks.training`: one training step (forward, loss, backward with the DDP "
+        "all-reduce, optimiser step over the trainer's parameter groups) of "
+        f"{data['model']}, same batch per process, each configuration in fresh processes run one "
+        "after another; peak memory is the growth of the resident set during the steps (largest "
+        "rank). Ratios are to full fine-tuning with the same number of processes and input size.",
+        "",
+        _machine(data),
+        "",
+        "| input | processes | method | trainable parameters | step | step vs fine-tuning "
+        "| peak memory growth | memory vs fine-tuning |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        lines.append(
+            f"| {r['image_size']} px x {r['batch_per_process']} | {r['processes']} | "
+            f"{r['method']} | {r['trainable_parameters']:,} | {_ms(r['step_seconds'])} | "
+            f"{r['step_time_ratio_vs_finetune']:.2f}x | {_mib(r['peak_growth_bytes'])} | "
+            f"{r['peak_memory_ratio_vs_finetune']:.2f}x |"
+        )
+    return [*lines, ""]
+
+
+SECTIONS = {
+    "training-cpu": training_section,
+    "multitask-cpu": multitask_section,
+    "hub-cpu": hub_section,
+}
 
 
 def render() -> Path:
