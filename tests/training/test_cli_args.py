@@ -212,3 +212,20 @@ def test_adapter_options_a_method_lacks_are_refused(monkeypatch: pytest.MonkeyPa
         adapter_config_from_args(ns, {0: "a"})
     ns.mask_type = None
     assert isinstance(adapter_config_from_args(ns, {0: "a"}), _Plain)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "finetune", "--push-to-hub", "me/x"], "push_to_hub"),
+        (["--report-to", "tensorbored"], "unknown tracker"),
+        (["--logging-steps", "0"], "logging_steps must be >= 1"),
+    ],
+)
+def test_inconsistent_options_are_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_args(build_train_parser(), argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -174,3 +174,28 @@ def test_arguments_and_mode_checks(tmp_path: Path) -> None:
     wrapped = get_piggyback_model(tiny_timm(), PiggybackConfig(num_labels=3))
     with pytest.raises(TypeError, match="plain backbone"):
         PiggybackTrainer(wrapped, _args(tmp_path, train_mode="finetune"), train)
+
+
+def test_bf16_mixed_precision_keeps_scores_float32(tmp_path: Path) -> None:
+    from accelerate.state import AcceleratorState
+
+    splits = _digits(32, 48, 16)
+    model = get_piggyback_model(tiny_timm("test_resnet"), PiggybackConfig(id2label=splits.id2label))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "mask_scores" in n}
+    seen: list[torch.dtype] = []
+    layer = next(layer for _, layer in model.adapter_layers())
+    handle = layer.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    AcceleratorState._reset_state(True)  # the process-wide state was made without bf16
+    try:
+        args = _args(tmp_path, max_steps_per_epoch=2, mask_lr=1e-2, mixed_precision="bf16", cpu=True)
+        trainer = PiggybackTrainer(model, args, splits=splits)
+        assert trainer.accelerator.mixed_precision == "bf16"
+        result = trainer.train()
+    finally:
+        handle.remove()
+        AcceleratorState._reset_state(True)
+    assert torch.bfloat16 in seen  # the layers computed under bf16 autocast
+    scores = {n: p for n, p in trainer.model.named_parameters() if "mask_scores" in n}
+    assert {p.dtype for p in scores.values()} == {torch.float32}
+    assert any(not torch.equal(before[n], p) for n, p in scores.items())
+    assert result.test["num_samples"] == 16 and 0.0 <= result.test["top1"] <= 1.0

@@ -22,8 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from pb_adapters.errors import PbAdaptersError
 from pb_adapters.methods import available_methods, get_method
 from pb_adapters.training.data import DatasetSplits, build_transforms, load_datasets
+from pb_adapters.training.tracking import resolve_report_to
 from pb_adapters.training.trainer import (
     PiggybackTrainer,
     TrainingArguments,
@@ -43,6 +45,7 @@ __all__ = [
     "parse_train_args",
     "run_training",
     "save_run_config",
+    "training_arguments_from_args",
 ]
 
 #: ``--method`` values that train a plain backbone instead of an adapter (the trainer's modes).
@@ -306,16 +309,24 @@ def parse_train_args(
 
     The command line wins over the file, but only for options actually typed: argparse fills in
     defaults only for names not already in the namespace, so the file's values are pre-loaded
-    into it.
+    into it. Inconsistent options (``--mask-type`` for a method without it, ``--push-to-hub``
+    with a baseline...) end the program with a usage error, as unknown options do.
     """
     ns = parser.parse_args(argv)
-    if getattr(ns, "config", None) is None:
-        return ns
-    try:
-        values = load_config_file(ns.config, parser)
-    except (OSError, ValueError) as err:
+    if getattr(ns, "config", None) is not None:
+        try:
+            values = load_config_file(ns.config, parser)
+        except (OSError, ValueError) as err:
+            parser.error(str(err))
+        ns = parser.parse_args(argv, namespace=argparse.Namespace(**values))
+    try:  # refuse inconsistent options now, not after loading data and model
+        args = training_arguments_from_args(ns)
+        resolve_report_to(args.report_to)
+        if args.train_mode == "adapter":
+            adapter_config_from_args(ns, {0: "0"})
+    except (ValueError, PbAdaptersError) as err:
         parser.error(str(err))
-    return parser.parse_args(argv, namespace=argparse.Namespace(**values))
+    return ns
 
 
 def save_run_config(ns: argparse.Namespace, output_dir: str | Path) -> Path:
@@ -430,20 +441,19 @@ def _artifact_bytes(folder: Path) -> dict[str, int]:
     }
 
 
-def run_training(
-    ns: argparse.Namespace, print_fn: Callable[..., None] | None = None
-) -> dict[str, Any]:
-    """Train as ``ns`` (from :func:`build_train_parser`) says; return a summary dict.
+def _is_demo(ns: argparse.Namespace) -> bool:
+    return ns.model is None and ns.dataset is None
 
-    The summary holds the test metrics, the training time and, in piggyback mode, mask sparsity,
-    artifact size, bits per masked weight and the test accuracy after reloading the artifact.
+
+def training_arguments_from_args(ns: argparse.Namespace) -> TrainingArguments:
+    """The :class:`TrainingArguments` the options in ``ns`` describe (demo defaults applied).
+
+    Raises:
+        ValueError: inconsistent options.
     """
-    from accelerate.utils import set_seed
-
-    demo = ns.model is None and ns.dataset is None
+    demo = _is_demo(ns)
     method = ns.method
     mode = method if method in BASELINE_METHODS else "adapter"
-    mask_lr, head_lr = _pick(ns, "mask_lr", demo), _pick(ns, "head_lr", demo)
     output_dir = _pick(ns, "output_dir", demo)
     if output_dir is None:
         model_tag = (ns.model or "demo").replace("/", "_").replace(":", "_")
@@ -451,15 +461,15 @@ def run_training(
         output_dir = f"outputs/{model_tag}-{data_tag}"
     if method != "piggyback" and ns.output_dir is None:
         output_dir = f"{output_dir}-{method}"
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=output_dir,
         train_mode=mode,
         num_epochs=int(_pick(ns, "epochs", demo)),
         batch_size=ns.batch_size,
         eval_batch_size=ns.eval_batch_size,
         gradient_accumulation_steps=ns.grad_accum,
-        mask_lr=mask_lr,
-        head_lr=head_lr,
+        mask_lr=_pick(ns, "mask_lr", demo),
+        head_lr=_pick(ns, "head_lr", demo),
         norm_lr=ns.norm_lr,
         backbone_lr=float(_pick(ns, "backbone_lr", demo)),
         lr_scheduler=ns.lr_scheduler,
@@ -479,6 +489,22 @@ def run_training(
         push_to_hub=ns.push_to_hub,
         hub_private=ns.hub_private,
     )
+
+
+def run_training(
+    ns: argparse.Namespace, print_fn: Callable[..., None] | None = None
+) -> dict[str, Any]:
+    """Train as ``ns`` (from :func:`build_train_parser`) says; return a summary dict.
+
+    The summary holds the test metrics, the training time and, in piggyback mode, mask sparsity,
+    artifact size, bits per masked weight and the test accuracy after reloading the artifact.
+    """
+    from accelerate.utils import set_seed
+
+    demo = _is_demo(ns)
+    method = ns.method
+    args = training_arguments_from_args(ns)
+    mode, mask_lr, head_lr = args.train_mode, args.mask_lr, args.head_lr
     acc = make_accelerator(args)
     say = print_fn or acc.print
     t0 = time.perf_counter()
