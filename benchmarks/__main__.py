@@ -2,7 +2,7 @@
 
 python -m benchmarks            # every benchmark
 python -m benchmarks --quick    # fewer repeats and task counts
-python -m benchmarks --only hub # one part: training, multitask, hub
+python -m benchmarks --only hub # one part: accuracy, training, multitask, hub
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 
 from benchmarks.report import render
 
-PARTS = ["training", "multitask", "hub"]
+PARTS = ["accuracy", "training", "multitask", "hub"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,6 +123,56 @@ def hub_section(data: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _pct(spread: dict[str, float]) -> str:
+    return f"{100 * spread['mean']:.1f}% ± {100 * spread['std']:.1f}"
+
+
+def accuracy_section(data: dict[str, Any]) -> list[str]:
+    """Tables for ``accuracy-cpu.json``: test accuracy of every method on every task."""
+    budget = data["budget"]
+    lines = [
+        "## Accuracy",
+        "",
+        "`python -m benchmarks.accuracy`: "
+        f"{data['model']}, every method with the same budget ({budget['epochs']} epoch(s), "
+        f"at most {budget['max_train']} training images, batch {budget['batch_size']}, "
+        f"{budget['image_size']} px), test top-1 as mean ± standard deviation over the seeds "
+        "(the seed sets the data split, the head's initialisation, shuffling and augmentation). "
+        "*rotated-digits* rotates every digit by a random angle in [-90, 90] degrees.",
+        "",
+        _machine(data),
+        "",
+    ]
+    for task in dict.fromkeys(r["task"] for r in data["rows"]):
+        rows = [r for r in data["rows"] if r["task"] == task]
+        ref = next((r for r in rows if r["method"] == "finetune"), None)
+        lines += [
+            f"### {task}",
+            "",
+            "| method | test top-1 | range | vs fine-tuning | training time | zeros in the masks |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            acc = r["test_accuracy"]
+            delta = (
+                f"{100 * (acc['mean'] - ref['test_accuracy']['mean']):+.1f} points"
+                if ref is not None
+                else ""
+            )
+            zeros = (
+                f"{100 * r['mask_zeros_fraction']['mean']:.2f}%"
+                if "mask_zeros_fraction" in r
+                else "-"
+            )
+            lines.append(
+                f"| {r['method']} | {_pct(acc)} (n={r['seeds']}) | "
+                f"{100 * acc['min']:.1f}-{100 * acc['max']:.1f}% | {delta} | "
+                f"{r['train_seconds']['mean']:.0f} s | {zeros} |"
+            )
+        lines.append("")
+    return lines
+
+
 def training_section(data: dict[str, Any]) -> list[str]:
     """Tables for ``training-cpu.json``: each method's step time and peak memory vs fine-tuning."""
     lines = [
@@ -151,6 +201,7 @@ def training_section(data: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = {
+    "accuracy-cpu": accuracy_section,
     "training-cpu": training_section,
     "multitask-cpu": multitask_section,
     "hub-cpu": hub_section,
