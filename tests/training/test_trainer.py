@@ -187,7 +187,9 @@ def test_bf16_mixed_precision_keeps_scores_float32(tmp_path: Path) -> None:
     handle = layer.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     AcceleratorState._reset_state(True)  # the process-wide state was made without bf16
     try:
-        args = _args(tmp_path, max_steps_per_epoch=2, mask_lr=1e-2, mixed_precision="bf16", cpu=True)
+        args = _args(
+            tmp_path, max_steps_per_epoch=2, mask_lr=1e-2, mixed_precision="bf16", cpu=True
+        )
         trainer = PiggybackTrainer(model, args, splits=splits)
         assert trainer.accelerator.mixed_precision == "bf16"
         result = trainer.train()

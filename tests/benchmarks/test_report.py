@@ -1,0 +1,67 @@
+"""The benchmark report renders every result file it finds into the docs page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import accuracy, report
+
+MACHINE = {
+    "date": "2026-01-01T00:00:00+00:00",
+    "device": "cpu",
+    "cpu_count": 2,
+    "torch_threads": 2,
+    "torch": "2",
+    "timm": "1",
+    "transformers": "5",
+    "pb_adapters": "0",
+}
+
+
+def _spread(mean: float, std: float = 0.0) -> dict[str, float]:
+    return {"mean": mean, "std": std, "min": mean - std, "max": mean + std}
+
+
+def test_accuracy_and_training_sections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(report, "DOCS_PAGE", tmp_path / "benchmarks.md")
+    rows = [
+        {"task": "mnist-5k", "method": "piggyback", "seeds": 3,
+         "test_accuracy": _spread(0.95, 0.01), "train_seconds": _spread(60),
+         "mask_zeros_fraction": _spread(0.02)},
+        {"task": "mnist-5k", "method": "finetune", "seeds": 3,
+         "test_accuracy": _spread(0.97, 0.005), "train_seconds": _spread(80)},
+    ]  # fmt: skip
+    (tmp_path / "accuracy-cpu.json").write_text(
+        json.dumps(
+            {
+                "machine": MACHINE,
+                "model": "lite0",
+                "budget": {"epochs": 1, "max_train": 10, "batch_size": 32, "image_size": 64},
+                "rows": rows,
+            }
+        )
+    )
+    training_rows = [
+        {"image_size": 64, "batch_per_process": 32, "processes": p, "method": m,
+         "trainable_parameters": 10, "step_seconds": s, "step_time_ratio_vs_finetune": r,
+         "peak_growth_bytes": 2**20, "peak_memory_ratio_vs_finetune": 1.0}
+        for p, m, s, r in [(1, "piggyback", 0.2, 1.25), (1, "finetune", 0.16, 1.0)]
+    ]  # fmt: skip
+    (tmp_path / "training-cpu.json").write_text(
+        json.dumps({"machine": MACHINE, "model": "lite0", "rows": training_rows})
+    )
+    text = report.render().read_text()
+    assert "## Accuracy" in text and "## Training cost" in text
+    assert "| piggyback | 95.0% ± 1.0 (n=3) | 94.0-96.0% | -2.0 points | 60 s | 2.00% |" in text
+    assert "| finetune | 97.0% ± 0.5 (n=3) |" in text
+    assert "| 64 px x 32 | 1 | piggyback | 10 | 200.0 ms | 1.25x | 1.0 MiB | 1.00x |" in text
+
+
+def test_binary_entropy() -> None:
+    assert accuracy._binary_entropy(0.0) == accuracy._binary_entropy(1.0) == 0.0
+    assert accuracy._binary_entropy(0.5) == pytest.approx(1.0)
+    assert accuracy._binary_entropy(0.05) == pytest.approx(0.2864, abs=1e-4)
