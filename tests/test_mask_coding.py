@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
 
-from pb_adapters import ArtifactError, FormatVersionError
+from pb_adapters import (
+    ArtifactError,
+    FormatVersionError,
+    PiggybackConfig,
+    PiggybackModel,
+    get_piggyback_model,
+)
 from pb_adapters.mask_coding import (
     STREAM_HEADER_MAX_BYTES,
     binary_entropy,
@@ -20,7 +30,14 @@ from pb_adapters.mask_coding import (
     encode_bit_planes,
     plane_entropy_bits,
 )
-from pb_adapters.serialization import pack_bits
+from pb_adapters.methods.base import AdapterLayer
+from pb_adapters.serialization import (
+    ARTIFACT_CONFIG_NAME,
+    ARTIFACT_WEIGHTS_NAME,
+    pack_bits,
+    read_adapter_config,
+)
+from tests.factories import tiny_timm
 
 
 def _plane(numel: int, zero_fraction: float, seed: int = 0) -> torch.Tensor:
@@ -169,3 +186,118 @@ def test_header_allowance_is_what_the_docs_say():
     # 5-byte count (planes below 4 GiB), 8-byte final coder state, up to 3 bytes of rounding.
     assert STREAM_HEADER_MAX_BYTES == 5 + 8 + 3
     assert math.isclose(binary_entropy(0.3), 0.8813, abs_tol=1e-4)
+
+
+# ---------------------------------------------------------------------------- in artifacts
+def _model(mask_type: str = "binary", zero_fraction: float = 0.1):
+    model = get_piggyback_model(
+        tiny_timm("test_resnet"), PiggybackConfig(num_labels=3, mask_type=mask_type)
+    )
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _, layer in model.adapter_layers():
+            scores = layer.mask_scores["default"]
+            draw = torch.rand(scores.shape, generator=generator)
+            # 1e-2 keeps, 1e-3 (under the threshold) drops, -1e-2 is -1 when ternary.
+            values = torch.where(draw < zero_fraction, 1e-3, 1e-2)
+            scores.copy_(torch.where(draw > 0.97, -1e-2, values))
+    return model.eval()
+
+
+def _rewrite(folder: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    """Change the stored tensors and config with ``edit``; keep the pair consistent (hash)."""
+    path = folder / ARTIFACT_WEIGHTS_NAME
+    tensors = load_file(path)
+    config = json.loads((folder / ARTIFACT_CONFIG_NAME).read_text())
+    edit(tensors, config)
+    save_file(tensors, path)
+    config["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (folder / ARTIFACT_CONFIG_NAME).write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("mask_type", ["binary", "ternary"])
+def test_coded_artifacts_reload_bit_exactly(tmp_path, mask_type):
+    model = _model(mask_type)
+    model.save_pretrained(tmp_path, write_card=False)
+    config = read_adapter_config(tmp_path)
+    planes = {"mask", "sign"} if mask_type == "ternary" else {"mask"}
+    assert {key.rsplit(".", 1)[1] for key in config["tensor_encodings"]} == planes
+    reloaded = PiggybackModel.from_pretrained(tiny_timm("test_resnet"), tmp_path)
+    for (_, ours), (_, theirs) in zip(
+        model.adapter_layers(), reloaded.adapter_layers(), strict=True
+    ):
+        assert ours.export_adapter("default").keys() == theirs.export_adapter("default").keys()
+        for key, packed in ours.export_adapter("default").items():
+            assert torch.equal(theirs.export_adapter("default")[key], packed)
+
+
+def test_untrained_masks_cost_a_few_bytes_per_layer(tmp_path):
+    model = get_piggyback_model(tiny_timm("test_resnet"), PiggybackConfig(num_labels=3))
+    model.save_pretrained(tmp_path, write_card=False)
+    stored = load_file(tmp_path / ARTIFACT_WEIGHTS_NAME)
+    masks = {k: v for k, v in stored.items() if k.startswith("layers.")}
+    coded = read_adapter_config(tmp_path)["tensor_encodings"]
+    # Every plane that packs to more than a few bytes is all ones: its bit count alone.
+    assert all(masks[k].numel() <= 3 for k in coded)
+    assert all(v.numel() <= 4 for k, v in masks.items() if k not in coded)
+    reloaded = PiggybackModel.from_pretrained(tiny_timm("test_resnet"), tmp_path)
+    assert reloaded.mask_stats().zeros == 0
+
+
+def _first_coded(config: dict) -> str:
+    return next(iter(config["tensor_encodings"]))
+
+
+def test_tampered_streams_are_refused_and_the_model_is_unchanged(tmp_path):
+    _model().save_pretrained(tmp_path, write_card=False)
+
+    def corrupt(tensors, config):
+        key = _first_coded(config)
+        stream = tensors[key].clone()
+        stream[len(stream) // 2] ^= 0x5A
+        tensors[key] = stream
+
+    _rewrite(tmp_path, corrupt)
+    base = tiny_timm("test_resnet")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(ArtifactError, match="coded mask stream"):
+        PiggybackModel.from_pretrained(base, tmp_path)
+    assert not any(isinstance(m, AdapterLayer) for m in base.modules())
+    after = base.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("edit", "error", "message"),
+    [
+        (  # longer than the packed plane: the writer would have stored that instead
+            lambda t, c: t.__setitem__(_first_coded(c), torch.ones(10**6, dtype=torch.uint8)),
+            ArtifactError,
+            "shorter than",
+        ),
+        (  # a head weight declared coded
+            lambda t, c: c["tensor_encodings"].__setitem__(
+                next(k for k in t if k.startswith("modules.")), "ans"
+            ),
+            ArtifactError,
+            "not a packed bit plane",
+        ),
+        (
+            lambda t, c: c["tensor_encodings"].__setitem__("layers.nowhere.mask", "ans"),
+            ArtifactError,
+            "not a packed bit plane",
+        ),
+        (
+            lambda t, c: c["tensor_encodings"].__setitem__(_first_coded(c), "ans-v9"),
+            FormatVersionError,
+            "upgrade pb-adapters",
+        ),
+        (lambda t, c: c.__setitem__("format_version", 1), ArtifactError, "version 2"),
+        (lambda t, c: c.__setitem__("tensor_encodings", {}), ArtifactError, "shape"),
+    ],
+)
+def test_inconsistent_coding_records_are_refused(tmp_path, edit, error, message):
+    _model().save_pretrained(tmp_path, write_card=False)
+    _rewrite(tmp_path, edit)
+    with pytest.raises(error, match=message):
+        PiggybackModel.from_pretrained(tiny_timm("test_resnet"), tmp_path)
