@@ -2,7 +2,7 @@
 
 python -m benchmarks            # every benchmark
 python -m benchmarks --quick    # fewer repeats and task counts
-python -m benchmarks --only hub # one part: multitask, hub
+python -m benchmarks --only hub # one part: multitask, hub, storage
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 
 from benchmarks.report import render
 
-PARTS = ["multitask", "hub"]
+PARTS = ["multitask", "hub", "storage"]
 
 
 def main(argv: list[str] | None = None) -> int:

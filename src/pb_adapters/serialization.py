@@ -2,8 +2,9 @@
 
 An artifact is a folder with ``adapter_config.json`` (what the adapter is and what it applies to)
 and ``adapter_model.safetensors`` (masks bit-packed as ``uint8`` or entropy-coded, head and norm
-weights). Nothing is ever pickled. Readers validate everything they are given before anything else looks at it, and
-writers replace files atomically so that a crash mid-save leaves the previous artifact intact.
+weights). Nothing is ever pickled. Readers validate everything they are given before anything
+else looks at it, and writers replace files atomically so that a crash mid-save leaves the
+previous artifact intact.
 """
 
 from __future__ import annotations
