@@ -137,7 +137,8 @@ def storage_section(data: dict[str, Any]) -> list[str]:
         "`python -m benchmarks.storage`: the 49 masked layers of the demo's ImageNet "
         "EfficientNet-Lite0, masks with a fraction of zeros at random positions, and "
         + (
-            f"the mask learned by `examples/train.py` (`{data['learned_artifact']['folder']}`). "
+            "the mask learned by `examples/train.py` (test accuracy "
+            f"{(data['learned_artifact']['metrics'] or {}).get('test_accuracy', 'unknown')}). "
             if "learned_artifact" in data
             else "no learned mask (none was found in `outputs/`). "
         )
@@ -152,7 +153,7 @@ def storage_section(data: dict[str, Any]) -> list[str]:
         "| mask | zeros | entropy | ans | ans ÷ entropy | bitpack | "
         + " | ".join(compressors)
         + " | in bound | overhead |",
-        "|---" * (7 + len(compressors)) + "|",
+        "|---" * (8 + len(compressors)) + "|",
     ]
     for label, row in masks.items():
         size = row["size"]
