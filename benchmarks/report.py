@@ -196,6 +196,75 @@ def training_section(data: dict[str, Any]) -> list[str]:
             f"{r['method']} | {r['trainable_parameters']:,} | {_ms(r['step_seconds'])} | "
             f"{r['step_time_ratio_vs_finetune']:.2f}x | {_mib(r['peak_growth_bytes'])} | "
             f"{r['peak_memory_ratio_vs_finetune']:.2f}x |"
+def storage_section(data: dict[str, Any]) -> list[str]:
+    """Tables for ``storage-cpu.json``."""
+    masks = data["masks"]
+    compressors = [
+        k
+        for k in next(iter(masks.values()))["size"]["bits_per_masked_weight"]
+        if k not in ("entropy", "ans", "bitpack")
+    ]
+    lines = [
+        "## Mask storage: entropy coding",
+        "",
+        "`python -m benchmarks.storage`: the 49 masked layers of the demo's ImageNet "
+        "EfficientNet-Lite0, masks with a fraction of zeros at random positions, and "
+        + (
+            "the mask learned by `examples/train.py` (test accuracy "
+            f"{(data['learned_artifact']['metrics'] or {}).get('test_accuracy', 'unknown')}). "
+            if "learned_artifact" in data
+            else "no learned mask (none was found in `outputs/`). "
+        )
+        + "Bits per masked weight, summed over layers: the order-0 entropy "
+        "(`n * H(zeros / n)` per layer), the artifact's `ans` coding (with its per-layer "
+        "fallback to packing), bit packing, and general-purpose compressors on the packed bytes. "
+        f"`in bound`: every coded layer within 5% of its entropy plus {data['header_allowance_bytes']} "
+        "bytes; `overhead`: the largest number of bytes a coded layer spends above its entropy.",
+        "",
+        _machine(data),
+        "",
+        "| mask | zeros | entropy | ans | ans ÷ entropy | bitpack | "
+        + " | ".join(compressors)
+        + " | in bound | overhead |",
+        "|---" * (8 + len(compressors)) + "|",
+    ]
+    for label, row in masks.items():
+        size = row["size"]
+        bits = size["bits_per_masked_weight"]
+        lines.append(
+            f"| {label} | {size['zero_fraction']:.3%} | {bits['entropy']:.4f} | {bits['ans']:.4f} | "
+            f"{size['over_entropy']['ans']:.4f} | {bits['bitpack']:.4f} | "
+            + " | ".join(f"{bits[c]:.4f}" for c in compressors)
+            + f" | {'yes' if size['all_coded_layers_within_bound'] else 'NO'} | "
+            f"{size['max_layer_overhead_bytes']:.1f} B |"
+        )
+    lines += [
+        "",
+        f"Coding speed (one thread, every plane of the model, median of {data['repeats']}), and "
+        "`PiggybackModel.from_pretrained(base, folder)` of the same task saved bit-packed and "
+        "entropy-coded, timed interleaved (warm file cache, a fresh copy of the base per load).",
+        "",
+        "| mask | encode | decode |",
+        "|---|---|---|",
+    ]
+    for label, row in masks.items():
+        ns = row["speed"]["ns_per_masked_weight"]
+        med = row["speed"]["median_s"]
+        lines.append(
+            f"| {label} | {_ms(med['encode'])} ({ns['encode']:.1f} ns/weight) | "
+            f"{_ms(med['decode'])} ({ns['decode']:.1f} ns/weight) |"
+        )
+    lines += [
+        "",
+        "| mask | artifact, bitpack | artifact, ans | load, bitpack | load, ans | ans ÷ bitpack |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, load in data["load"].items():
+        med = load["median_s"]
+        files = load["artifact_bytes"]
+        lines.append(
+            f"| {label} | {files['bitpack']:,} B | {files['ans']:,} B | {_ms(med['bitpack'])} | "
+            f"{_ms(med['ans'])} | {load['ans_over_bitpack']:.3f} |"
         )
     return [*lines, ""]
 
@@ -205,6 +274,7 @@ SECTIONS = {
     "training-cpu": training_section,
     "multitask-cpu": multitask_section,
     "hub-cpu": hub_section,
+    "storage-cpu": storage_section,
 }
 
 

@@ -55,8 +55,23 @@ def test_summary_matches_the_model(saved: tuple[Path, dict[str, Any], Any]) -> N
     assert 0 < summary.sparsity < 1
     assert summary.weights_file_bytes == (folder / ARTIFACT_WEIGHTS_NAME).stat().st_size
     assert summary.labels == ["class-0", "class-1", "class-2"] and summary.num_labels == 3
-    # Without the weights file, binary masks are still sized exactly from their encodings.
+    assert summary.entropy_bits_per_masked_weight == pytest.approx(
+        size["entropy_bits_per_masked_weight"]
+    )
+    # Without the weights file, entropy-coded masks have no known size ...
+    assert config["tensor_encodings"] and summarize_adapter(config).mask_bytes is None
+
+
+def test_summary_sizes_bit_packed_masks_without_the_file(
+    saved: tuple[Path, dict[str, Any], Any], tmp_path: Path
+) -> None:
+    # ... but bit-packed ones are sized exactly from their encodings.
+    model = saved[2]
+    model.save_pretrained(tmp_path, mask_encoding="bitpack", write_card=False)
+    config = read_adapter_config(tmp_path)
+    summary = summarize_adapter(config, tmp_path / ARTIFACT_WEIGHTS_NAME)
     assert summarize_adapter(config).mask_bytes == summary.mask_bytes
+    assert summary.mask_bytes == model.adapter_size(mask_encoding="bitpack")["mask_bytes"]
 
 
 def test_card_metadata(saved: tuple[Path, dict[str, Any], Any], tmp_path: Path) -> None:
@@ -88,6 +103,7 @@ def test_card_body(saved: tuple[Path, dict[str, Any], Any], tmp_path: Path) -> N
     assert config["base_model"]["fingerprint"] in text
     assert f"{summary.mask_bytes:,} bytes" in text
     assert f"{summary.bits_per_masked_weight:.3f}" in text
+    assert f"| mask entropy (order 0) | {summary.entropy_bits_per_masked_weight:.3f} bits" in text
     assert f"{100 * summary.sparsity:.2f}%" in text
     assert "| 2 | class-2 |" in text
     assert f"![Per-layer mask sparsity]({PLOT_NAME})" in text

@@ -37,11 +37,13 @@ def test_info_on_a_local_folder(artifact: Path, capsys: pytest.CaptureFixture[st
     summary = summarize_adapter(config, artifact / ARTIFACT_WEIGHTS_NAME)
     lines = dict(_split(line) for line in out.splitlines())
     assert lines["method"] == "piggyback"
-    assert lines["format version"] == "1"
+    assert lines["format version"] == "2"
     assert lines["base fingerprint"] == config["base_model"]["fingerprint"]
     assert lines["labels"].startswith("3: class-0, class-1, class-2")
     assert lines["mask bytes"] == f"{summary.mask_bytes:,}"
     assert lines["bits per masked weight"] == f"{summary.bits_per_masked_weight:.3f}"
+    entropy = summary.entropy_bits_per_masked_weight
+    assert lines["mask entropy (order 0)"] == f"{entropy:.3f} bits per masked weight"
     assert lines["sparsity"] == f"{100 * summary.sparsity:.2f}%"
     assert lines["weights file bytes"] == f"{(artifact / ARTIFACT_WEIGHTS_NAME).stat().st_size:,}"
     assert lines["metric test_accuracy"] == "0.9"

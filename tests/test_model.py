@@ -15,6 +15,7 @@ from pb_adapters import (
     ArtifactError,
     BaseModelMismatchError,
     ConfigError,
+    FormatVersionError,
     PiggybackConfig,
     PiggybackModel,
     get_piggyback_model,
@@ -237,9 +238,9 @@ def test_transformers_round_trip(tmp_path, kind):
     assert reloaded.base_model.config.id2label == {0: "a", 1: "b"}
 
 
-def test_artifact_mask_bytes_within_one_bit_per_weight(tmp_path):
+def test_bitpack_artifact_is_format_1_with_one_bit_per_weight(tmp_path):
     wrapped = _trained("tf_efficientnet_lite0")
-    wrapped.save_pretrained(tmp_path)
+    wrapped.save_pretrained(tmp_path, mask_encoding="bitpack")
     data = read_adapter_config(tmp_path)
     tensors = load_file(tmp_path / ARTIFACT_WEIGHTS_NAME)
     for record in data["modules"]:
@@ -248,14 +249,41 @@ def test_artifact_mask_bytes_within_one_bit_per_weight(tmp_path):
         assert packed.numel() == math.ceil(record["numel"] / 8)
     mask_bytes = sum(t.numel() for k, t in tensors.items() if k.startswith("layers."))
     masked = sum(r["numel"] for r in data["modules"])
-    assert mask_bytes <= sum(math.ceil(r["numel"] / 8) for r in data["modules"])
-    size = wrapped.adapter_size()
+    assert mask_bytes == sum(math.ceil(r["numel"] / 8) for r in data["modules"])
+    size = wrapped.adapter_size(mask_encoding="bitpack")
     assert (
-        size["mask_bytes"] == mask_bytes
+        size["mask_bytes"] == size["packed_mask_bytes"] == mask_bytes
         and size["bits_per_masked_weight"] <= 8 * (masked + 7 * 49) / masked
     )
-    assert data["format_version"] == 1 and data["method"] == "piggyback"
+    assert data["format_version"] == 1 and "tensor_encodings" not in data
+    assert data["method"] == "piggyback"
     assert data["base_model"]["architecture"] == "tf_efficientnet_lite0"
+    reloaded = PiggybackModel.from_pretrained(tiny_timm("tf_efficientnet_lite0"), tmp_path)
+    assert reloaded.mask_stats().per_layer == wrapped.mask_stats().per_layer
+
+
+def test_entropy_coded_artifact_is_smaller_and_reloads_bit_exactly(tmp_path):
+    wrapped = _trained("tf_efficientnet_lite0")
+    wrapped.save_pretrained(tmp_path)
+    data = read_adapter_config(tmp_path)
+    tensors = load_file(tmp_path / ARTIFACT_WEIGHTS_NAME)
+    coded = data["tensor_encodings"]
+    assert data["format_version"] == 2 and coded
+    assert set(coded.values()) == {"ans"} and all(k.endswith(".mask") for k in coded)
+    mask_bytes = sum(t.numel() for k, t in tensors.items() if k.startswith("layers."))
+    size = wrapped.adapter_size()
+    stats = wrapped.mask_stats()
+    assert size["mask_bytes"] == mask_bytes < size["packed_mask_bytes"]
+    entropy = size["entropy_bits_per_masked_weight"]
+    assert entropy == pytest.approx(stats.entropy_bits_per_entry)
+    assert entropy <= size["bits_per_masked_weight"] < size["packed_bits_per_masked_weight"]
+    reloaded = PiggybackModel.from_pretrained(tiny_timm("tf_efficientnet_lite0"), tmp_path)
+    for (_, ours), (_, theirs) in zip(
+        wrapped.adapter_layers(), reloaded.adapter_layers(), strict=True
+    ):
+        assert torch.equal(ours.export_adapter("default")["mask"], theirs.packed_masks["default"])
+    x = _images(64)
+    assert torch.equal(reloaded.eval()(x), wrapped.eval()(x))
 
 
 def _assert_unchanged(model, snapshot):
@@ -328,9 +356,9 @@ def test_future_format_version_refused(tmp_path):
     _trained().save_pretrained(tmp_path)
     path = tmp_path / ARTIFACT_CONFIG_NAME
     data = json.loads(path.read_text())
-    data["format_version"] = 2
+    data["format_version"] = 3
     path.write_text(json.dumps(data))
-    with pytest.raises(ArtifactError, match="upgrade pb-adapters"):
+    with pytest.raises(FormatVersionError, match="upgrade pb-adapters"):
         PiggybackModel.from_pretrained(tiny_timm("test_resnet"), tmp_path)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .mask_coding import binary_entropy
 from .serialization import ARTIFACT_WEIGHTS_NAME, read_adapter_config
 
 __all__ = [
@@ -97,6 +98,7 @@ class AdapterSummary:
     weights_file_bytes: int | None
     zeros: int | None
     per_layer_sparsity: dict[str, float] = field(default_factory=dict)
+    entropy_bits: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     datasets: list[str] = field(default_factory=list)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +109,13 @@ class AdapterSummary:
         if self.mask_bytes is None or not self.masked_weights:
             return None
         return 8 * self.mask_bytes / self.masked_weights
+
+    @property
+    def entropy_bits_per_masked_weight(self) -> float | None:
+        """The masks' empirical order-0 entropy (zero versus nonzero, per layer) per weight."""
+        if self.entropy_bits is None or not self.masked_weights:
+            return None
+        return self.entropy_bits / self.masked_weights
 
     @property
     def sparsity(self) -> float | None:
@@ -172,18 +181,20 @@ def summarize_adapter(
     masked = sum(int(m.get("numel", 0)) for m in modules)
 
     zeros: int | None = 0
+    entropy: float | None = 0.0
     per_layer: dict[str, float] = {}
     for record in modules:
         count = _int_or_none(record.get("zeros"))
         entries = _int_or_none(record.get("entries")) or _int_or_none(record.get("numel"))
         if count is None or not entries:
-            zeros = None
+            zeros = entropy = None
             continue
         per_layer[str(record.get("name"))] = count / entries
-        if zeros is not None:
+        if zeros is not None and entropy is not None:
             zeros += count
+            entropy += entries * binary_entropy(count / entries)
     if not modules:
-        zeros = None
+        zeros = entropy = None
 
     mask_bytes: int | None = None
     module_bytes: int | None = None
@@ -196,7 +207,14 @@ def summarize_adapter(
         mask_bytes = sum(v for k, v in sizes.items() if k.startswith("layers."))
         module_bytes = sum(v for k, v in sizes.items() if k.startswith("modules."))
     else:
-        estimates = [_estimated_mask_bytes(m) for m in modules]
+        coded = adapter_config.get("tensor_encodings") or {}
+        # Coded planes have no size without the file; packed ones follow from their shape.
+        estimates = [
+            None
+            if any(str(key).startswith(f"layers.{m.get('name')}.") for key in coded)
+            else _estimated_mask_bytes(m)
+            for m in modules
+        ]
         if estimates and all(e is not None for e in estimates):
             mask_bytes = sum(e for e in estimates if e is not None)
 
@@ -247,6 +265,7 @@ def summarize_adapter(
         weights_file_bytes=file_bytes,
         zeros=zeros,
         per_layer_sparsity=per_layer,
+        entropy_bits=entropy,
         metrics=dict(metrics) if isinstance(metrics, dict) else {},
         datasets=datasets,
         hyperparameters=hyper,
@@ -490,6 +509,9 @@ def _body(
     out.append(f"| mask size | {_fmt_bytes(summary.mask_bytes)} |")
     if bits is not None:
         out.append(f"| bits per masked weight | {bits:.3f} |")
+    entropy = summary.entropy_bits_per_masked_weight
+    if entropy is not None:
+        out.append(f"| mask entropy (order 0) | {entropy:.3f} bits per masked weight |")
     if summary.module_bytes is not None:
         out.append(f"| head and other task weights | {_fmt_bytes(summary.module_bytes)} |")
     if summary.weights_file_bytes is not None:

@@ -53,6 +53,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     summary = summarize_adapter(read_adapter_config(folder), folder / ARTIFACT_WEIGHTS_NAME)
     bits = summary.bits_per_masked_weight
+    entropy = summary.entropy_bits_per_masked_weight
     labels = summary.labels
     shown = ", ".join(labels[:10]) + (
         f", ... ({len(labels) - 10} more)" if len(labels) > 10 else ""
@@ -71,6 +72,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("masked weights", _fmt_int(summary.masked_weights)),
         ("mask bytes", _fmt_int(summary.mask_bytes)),
         ("bits per masked weight", "unknown" if bits is None else f"{bits:.3f}"),
+        (
+            "mask entropy (order 0)",
+            "unknown" if entropy is None else f"{entropy:.3f} bits per masked weight",
+        ),
         ("weights file bytes", _fmt_int(summary.weights_file_bytes)),
         (
             "sparsity",

@@ -37,10 +37,10 @@ from .errors import (
 )
 from .heads import LabelState, copy_head, create_task_head, get_label_state, set_label_state
 from .hub import push_folder_to_hub, resolve_adapter_folder
+from .mask_coding import DEFAULT_MASK_ENCODING, binary_entropy, encode_bit_planes
 from .methods import get_method
 from .methods.base import AdapterLayer, is_supported_layer
 from .serialization import (
-    FORMAT_VERSION,
     fingerprint_tensors,
     iter_base_tensors,
     read_adapter_config,
@@ -110,17 +110,27 @@ class MaskStats:
         total: Fraction of zeros over every masked weight.
         zeros: Number of masked-out entries.
         num_masked: Number of mask entries (masked weights, for per-weight methods).
+        entropy_bits: Empirical order-0 entropy of the masks (zero versus nonzero), summed over
+            layers: ``entries * H(zeros / entries)`` per layer. No lossless coder that treats
+            each layer's entries as independent can store the masks in fewer bits.
     """
 
     per_layer: dict[str, float] = field(default_factory=dict)
     total: float = 0.0
     zeros: int = 0
     num_masked: int = 0
+    entropy_bits: float = 0.0
+
+    @property
+    def entropy_bits_per_entry(self) -> float:
+        """:attr:`entropy_bits` per mask entry."""
+        return self.entropy_bits / max(self.num_masked, 1)
 
     def __str__(self) -> str:
         return (
             f"mask sparsity: {self.total:.2%} zeros ({self.zeros:,} of {self.num_masked:,} entries "
-            f"in {len(self.per_layer)} layers)"
+            f"in {len(self.per_layer)} layers), entropy {self.entropy_bits_per_entry:.3f} bits "
+            "per entry"
         )
 
 
@@ -576,7 +586,10 @@ class PiggybackModel(nn.Module):
             print(f"masked layers: {len(stats.per_layer)} || mask entries: {stats.num_masked:,}")
 
     def mask_stats(self, adapter_name: str | None = None) -> MaskStats:
-        """Per-layer and total fraction of zeros in an adapter's masks (default: the active one)."""
+        """Per-layer and total fraction of zeros in an adapter's masks (default: the active one).
+
+        Also the masks' empirical order-0 entropy, the floor of what entropy coding can store.
+        """
         name = adapter_name or self.active_adapter
         if name is None:
             raise AdapterNotFoundError("no adapter is active; pass adapter_name")
@@ -588,6 +601,7 @@ class PiggybackModel(nn.Module):
                 stats.per_layer[path] = zeros / max(entries, 1)
                 stats.zeros += zeros
                 stats.num_masked += entries
+                stats.entropy_bits += entries * binary_entropy(zeros / max(entries, 1))
         stats.total = stats.zeros / max(stats.num_masked, 1)
         return stats
 
@@ -632,16 +646,20 @@ class PiggybackModel(nn.Module):
     # ------------------------------------------------------------------ saving
     def _artifact(
         self, name: str, metrics: dict[str, Any] | None, datasets: list[str] | None
-    ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    ) -> tuple[dict[str, Any], dict[str, Tensor], list[str]]:
+        """The config dict, the tensors (bit planes packed) and the keys of the bit planes."""
         config = self.peft_config[name]
         spec = get_method(config.method)
         tensors: dict[str, Tensor] = {}
+        planes: list[str] = []
         records: list[dict[str, Any]] = []
         for path, layer in self.adapter_layers():
             if name not in layer.adapter_names:
                 continue
             for key, tensor in layer.export_adapter(name).items():
                 tensors[f"layers.{path}.{key}"] = tensor
+                if key in spec.layer_class.bit_plane_keys:
+                    planes.append(f"layers.{path}.{key}")
             zeros, _ = layer.mask_counts(name)
             shape = list(layer.base_layer.weight.shape)
             records.append(
@@ -674,8 +692,8 @@ class PiggybackModel(nn.Module):
         identity["revision"] = config.base_model_revision or identity["revision"]
         identity["fingerprint"] = self.base_fingerprint()
         labels = self._labels[name]
+        # The writer adds format_version: it depends on whether any plane gets entropy-coded.
         data: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
             "library": "pb-adapters",
             "library_version": __version__,
             "method": config.method,
@@ -693,7 +711,7 @@ class PiggybackModel(nn.Module):
             "metrics": metrics,
             "datasets": datasets,
         }
-        return data, tensors
+        return data, tensors, planes
 
     def save_pretrained(
         self,
@@ -705,45 +723,66 @@ class PiggybackModel(nn.Module):
         write_card: bool = True,
         repo_id: str | None = None,
         subfolder: str | None = None,
+        mask_encoding: str = DEFAULT_MASK_ENCODING,
     ) -> Path:
         """Write one adapter (default: the active one) as an artifact folder.
 
         The folder gets ``adapter_config.json`` and ``adapter_model.safetensors`` (masks
-        bit-packed, head and per-task norm weights) and, unless ``write_card=False``, a model
-        card (``README.md`` with a per-layer sparsity plot, and a small ``config.json``).
-        ``metrics`` (e.g. ``{"accuracy": 0.98}``) and ``datasets`` are recorded for the card;
-        ``repo_id``/``subfolder`` make the card's usage snippet point at the Hub. The artifact
-        files are replaced atomically.
+        entropy-coded or bit-packed, head and per-task norm weights) and, unless
+        ``write_card=False``, a model card (``README.md`` with a per-layer sparsity plot, and a
+        small ``config.json``). ``metrics`` (e.g. ``{"accuracy": 0.98}``) and ``datasets`` are
+        recorded for the card; ``repo_id``/``subfolder`` make the card's usage snippet point at
+        the Hub. The artifact files are replaced atomically.
+
+        ``mask_encoding="ans"`` (the default) entropy-codes each mask plane that gets smaller
+        for it (artifact format version 2); ``"bitpack"`` stores 1 bit per entry (format
+        version 1, which releases before entropy coding read as well).
         """
         name = adapter_name or self.active_adapter
         if name is None:
             raise AdapterNotFoundError("no adapter to save: add or load one first")
         self._require_adapter(name)
-        data, tensors = self._artifact(name, metrics, datasets)
-        folder = write_artifact(save_directory, data, tensors)
+        data, tensors, planes = self._artifact(name, metrics, datasets)
+        folder = write_artifact(
+            save_directory, data, tensors, bit_planes=planes, mask_encoding=mask_encoding
+        )
         if write_card:
             write_model_card(folder, repo_id=repo_id, subfolder=subfolder)
         return folder
 
-    def adapter_size(self, adapter_name: str | None = None) -> dict[str, float]:
-        """Bytes an adapter takes in an artifact: masks, task modules, and bits per mask entry."""
+    def adapter_size(
+        self, adapter_name: str | None = None, *, mask_encoding: str = DEFAULT_MASK_ENCODING
+    ) -> dict[str, float]:
+        """Bytes an adapter takes in an artifact saved with ``mask_encoding``, and bits per entry.
+
+        Keys: ``mask_bytes`` and ``bits_per_masked_weight`` (the masks as stored),
+        ``packed_mask_bytes`` and ``packed_bits_per_masked_weight`` (1 bit per plane entry),
+        ``entropy_bits_per_masked_weight`` (the masks' empirical order-0 entropy, see
+        :meth:`mask_stats`), ``module_bytes`` (heads, norms, saved modules) and
+        ``masked_weights``.
+        """
         name = adapter_name or self.active_adapter
         if name is None:
             raise AdapterNotFoundError("no adapter is active; pass adapter_name")
         self._require_adapter(name)
-        data, tensors = self._artifact(name, None, None)
-        mask_bytes = sum(
-            t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("layers.")
-        )
-        module_bytes = sum(
-            t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("modules.")
-        )
-        masked = sum(r["numel"] for r in data["modules"])
+        data, packed, planes = self._artifact(name, None, None)
+        stored, _ = encode_bit_planes(packed, planes, mask_encoding)
+
+        def nbytes(tensors: dict[str, Tensor], prefix: str) -> int:
+            return sum(
+                t.numel() * t.element_size() for k, t in tensors.items() if k.startswith(prefix)
+            )
+
+        mask_bytes, packed_bytes = nbytes(stored, "layers."), nbytes(packed, "layers.")
+        masked = max(sum(r["numel"] for r in data["modules"]), 1)
         return {
             "mask_bytes": mask_bytes,
-            "module_bytes": module_bytes,
+            "packed_mask_bytes": packed_bytes,
+            "module_bytes": nbytes(packed, "modules."),
             "masked_weights": masked,
-            "bits_per_masked_weight": 8 * mask_bytes / max(masked, 1),
+            "bits_per_masked_weight": 8 * mask_bytes / masked,
+            "packed_bits_per_masked_weight": 8 * packed_bytes / masked,
+            "entropy_bits_per_masked_weight": self.mask_stats(name).entropy_bits / masked,
         }
 
     # ------------------------------------------------------------------ loading
@@ -825,7 +864,9 @@ class PiggybackModel(nn.Module):
             if verify_base:
                 self._verify_fingerprint(data)
 
-        tensors = read_adapter_tensors(folder, expected, data["weights_sha256"])
+        tensors = read_adapter_tensors(
+            folder, expected, data["weights_sha256"], data.get("tensor_encodings")
+        )
         layer_tensors: dict[str, dict[str, Tensor]] = {}
         for path, shape in shapes.items():
             prefix = f"layers.{path}."

@@ -1,9 +1,10 @@
 """The artifact format: bit packing, base fingerprints, and safe reading and writing.
 
 An artifact is a folder with ``adapter_config.json`` (what the adapter is and what it applies to)
-and ``adapter_model.safetensors`` (masks bit-packed as ``uint8``, head and norm weights). Nothing is
-ever pickled. Readers validate everything they are given before anything else looks at it, and
-writers replace files atomically so that a crash mid-save leaves the previous artifact intact.
+and ``adapter_model.safetensors`` (masks bit-packed as ``uint8`` or entropy-coded, head and norm
+weights). Nothing is ever pickled. Readers validate everything they are given before anything
+else looks at it, and writers replace files atomically so that a crash mid-save leaves the
+previous artifact intact.
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
 from .errors import ArtifactError, FormatVersionError
+from .mask_coding import (
+    DEFAULT_MASK_ENCODING,
+    check_tensor_encodings,
+    decode_bit_planes,
+    encode_bit_planes,
+)
 
 __all__ = [
     "ARTIFACT_CONFIG_NAME",
     "ARTIFACT_WEIGHTS_NAME",
     "FORMAT_VERSION",
+    "SUPPORTED_FORMAT_VERSIONS",
     "atomic_write_bytes",
     "count_zero_bits",
     "fingerprint_tensors",
@@ -42,7 +50,11 @@ __all__ = [
 
 ARTIFACT_CONFIG_NAME = "adapter_config.json"
 ARTIFACT_WEIGHTS_NAME = "adapter_model.safetensors"
-FORMAT_VERSION = 1
+#: The newest artifact format: 2 adds entropy-coded bit planes (``tensor_encodings``). An artifact
+#: whose planes are all bit-packed is written as version 1, which older releases read too.
+FORMAT_VERSION = 2
+#: Every format version this release reads.
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: os.umask can only be read by setting it
@@ -157,25 +169,40 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def write_artifact(folder: str | Path, config: dict[str, Any], tensors: dict[str, Tensor]) -> Path:
+def write_artifact(
+    folder: str | Path,
+    config: dict[str, Any],
+    tensors: dict[str, Tensor],
+    *,
+    bit_planes: Iterable[str] = (),
+    mask_encoding: str = DEFAULT_MASK_ENCODING,
+) -> Path:
     """Write an artifact folder: the weights first, then the config that names their hash.
 
-    Each file is replaced atomically; the config records the SHA-256 of the weights file, so a
-    reader notices a pair that an interrupted save left mismatched.
+    The tensors named in ``bit_planes`` (packed ``uint8`` masks) are entropy-coded where that is
+    smaller unless ``mask_encoding="bitpack"``; the coded ones are listed in the config's
+    ``tensor_encodings``, and the format version is 2 when there are any, else 1 (readable by
+    older releases). Each file is replaced atomically; the config records the SHA-256 of the
+    weights file, so a reader notices a pair that an interrupted save left mismatched.
     """
     folder = Path(folder)
+    tensors, coded = encode_bit_planes(tensors, list(bit_planes), mask_encoding)
+    version = FORMAT_VERSION if coded else 1
     encodings = {r["name"]: r["encoding"] for r in config.get("modules", [])}
+    header: dict[str, Any] = {"format_version": version, "encodings": encodings}
+    if coded:
+        header["tensor_encodings"] = coded
     # One metadata key: safetensors does not keep the order of several, and the file's bytes
     # (hence its hash and Hub commits) must not change between two saves of the same adapter.
-    metadata = {
-        "pb_adapters": json.dumps(
-            {"format_version": FORMAT_VERSION, "encodings": encodings}, sort_keys=True
-        )
-    }
+    metadata = {"pb_adapters": json.dumps(header, sort_keys=True)}
     payload = safetensors_save(
         {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata
     )
-    config = dict(config)
+    config = {"format_version": version} | {
+        k: v for k, v in config.items() if k not in ("format_version", "tensor_encodings")
+    }
+    if coded:
+        config["tensor_encodings"] = coded
     config["weights_sha256"] = hashlib.sha256(payload).hexdigest()
     atomic_write_bytes(folder / ARTIFACT_WEIGHTS_NAME, payload)
     text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
@@ -267,16 +294,18 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
 
     version = data.get("format_version")
     _expect(_is_int(version), f"{path}: 'format_version' must be an integer, got {version!r}")
-    if version != FORMAT_VERSION:
+    if version not in SUPPORTED_FORMAT_VERSIONS:
         hint = (
             "upgrade pb-adapters (pip install -U pb-adapters)"
             if version > FORMAT_VERSION
             else "re-save it"
         )
+        readable = ", ".join(str(v) for v in SUPPORTED_FORMAT_VERSIONS)
         raise FormatVersionError(
-            f"{path} uses artifact format version {version}; this release reads version "
-            f"{FORMAT_VERSION}: {hint}"
+            f"{path} uses artifact format version {version}; this release reads versions "
+            f"{readable}: {hint}"
         )
+    check_tensor_encodings(data.get("tensor_encodings"), version)
     _expect(isinstance(data.get("method"), str), "'method' must be a string")
     _expect(isinstance(data.get("config"), dict), "'config' must be an object")
     _expect(data["config"].get("method") == data["method"], "'config.method' differs from 'method'")
@@ -330,14 +359,24 @@ def read_adapter_tensors(
     folder: str | Path,
     expected: dict[str, tuple[torch.dtype | None, tuple[int, ...]]],
     weights_sha256: str,
+    tensor_encodings: dict[str, str] | None = None,
 ) -> dict[str, Tensor]:
     """Read ``adapter_model.safetensors`` after checking it holds exactly the ``expected`` tensors.
 
     ``expected`` maps each key to ``(dtype, shape)``; a dtype of ``None`` accepts any floating
     dtype. The file's hash must equal ``weights_sha256`` (recorded in the config), its header
     must list exactly the expected keys with those dtypes and shapes, and only then is any tensor
-    data read.
+    data read. Tensors named in ``tensor_encodings`` (the config's field of that name) are
+    entropy-coded bit planes: each must be a ``uint8`` stream shorter than the packed plane it
+    stands for, and is returned decoded to exactly the expected packed tensor.
     """
+    coded = tensor_encodings or {}
+    for key in coded:
+        dtype, shape = expected.get(key, (None, ()))
+        _expect(
+            dtype == torch.uint8 and len(shape) == 1,
+            f"tensor {key!r} is recorded as entropy-coded but is not a packed bit plane here",
+        )
     path = Path(folder) / ARTIFACT_WEIGHTS_NAME
     if not path.is_file():
         raise ArtifactError(f"no {ARTIFACT_WEIGHTS_NAME} in {folder}; the artifact is incomplete")
@@ -364,6 +403,15 @@ def read_adapter_tensors(
                 info = handle.get_slice(key)
                 found_dtype = _DTYPES.get(info.get_dtype())
                 found_shape = tuple(info.get_shape())
+                if key in coded:
+                    _expect(
+                        found_dtype == torch.uint8
+                        and len(found_shape) == 1
+                        and 0 < found_shape[0] < shape[0],
+                        f"coded tensor {key!r} must be a uint8 stream shorter than {shape[0]} "
+                        f"bytes, got {info.get_dtype()} {list(found_shape)}",
+                    )
+                    continue
                 _expect(
                     found_shape == tuple(shape),
                     f"tensor {key!r} has shape {list(found_shape)}, expected {list(shape)}",
@@ -378,6 +426,10 @@ def read_adapter_tensors(
                         found_dtype == dtype,
                         f"tensor {key!r} has dtype {info.get_dtype()}, expected {dtype}",
                     )
-            return {key: handle.get_tensor(key) for key in expected}
+            tensors = {key: handle.get_tensor(key) for key in expected}
     except SafetensorError as err:
         raise ArtifactError(f"{path} is not a valid safetensors file: {err}") from None
+    try:
+        return decode_bit_planes(tensors, coded, expected)
+    except ArtifactError as err:
+        raise ArtifactError(f"{path}: {err}") from None

@@ -11,6 +11,7 @@ import pytest
 
 from pb_adapters import PiggybackConfig
 from pb_adapters.config import AdapterConfig
+from pb_adapters.serialization import read_adapter_config
 from pb_adapters.training.cli_args import (
     DEMO_DEFAULTS,
     adapter_config_from_args,
@@ -44,6 +45,10 @@ def test_parser_defaults_and_options() -> None:
         ["--model", "resnet50", "--no-hflip", "--method", "head", "--mask-lr", "0.001"]
     )
     assert (ns.model, ns.hflip, ns.method, ns.mask_lr) == ("resnet50", False, "head", 1e-3)
+    assert build_train_parser().parse_args([]).mask_encoding == "ans"
+    assert (
+        build_train_parser().parse_args(["--mask-encoding", "bitpack"]).mask_encoding == "bitpack"
+    )
     assert DEMO_DEFAULTS["output_dir"] == "outputs/demo" and DEMO_DEFAULTS["hflip"] is False
 
 
@@ -61,7 +66,15 @@ def test_demo_run_saves_reloads_and_reports(tmp_path: Path) -> None:
     assert summary["reloaded_test_accuracy"] == summary["test_accuracy"]
     assert 0.0 <= summary["mask_zeros_fraction"] < 1.0
     assert summary["num_masked_weights"] > 3_000_000
-    assert 1.0 <= summary["bits_per_masked_weight"] < 1.5
+    # Masks entropy-coded: never above bit packing, never below their entropy.
+    assert 0 < summary["bits_per_masked_weight"] < 1.5
+    assert (
+        summary["mask_entropy_bits_per_masked_weight"]
+        <= summary["mask_bits_per_masked_weight"]
+        < summary["packed_mask_bits_per_masked_weight"]
+        <= 1.001
+    )
+    assert read_adapter_config(out)["format_version"] == 2
     assert summary["artifact_bytes"] == sum(summary["artifact_files"].values())
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(summary["artifact_files"])
     assert (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +111,11 @@ class AdapterLayer(nn.Module):
 
     #: How the adapter's state is encoded in artifacts, recorded per module.
     encoding: str = ""
+    #: Keys of :meth:`export_adapter`'s tensors that are packed bit planes (1-D ``uint8``, as
+    #: :func:`~pb_adapters.serialization.pack_bits` writes them). The artifact writer
+    #: entropy-codes these where that is smaller, and the reader hands them back packed, so a
+    #: method never sees the coding.
+    bit_plane_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, base_layer: nn.Module) -> None:
         if not is_supported_layer(base_layer):

@@ -227,6 +227,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     g.add_argument(
         "--hub-private", action="store_true", default=None, help="create the Hub repository private"
     )
+    g.add_argument(
+        "--mask-encoding",
+        choices=("ans", "bitpack"),
+        default="ans",
+        help="store masks entropy-coded (ans, the default) or bit-packed for older readers",
+    )
 
     g = parser.add_argument_group("checkpoints")
     g.add_argument(
@@ -488,6 +494,7 @@ def training_arguments_from_args(ns: argparse.Namespace) -> TrainingArguments:
         logging_steps=ns.logging_steps,
         push_to_hub=ns.push_to_hub,
         hub_private=ns.hub_private,
+        mask_encoding=ns.mask_encoding,
     )
 
 
@@ -584,7 +591,7 @@ def run_training(
         if result.artifact_dir is not None:
             files = _artifact_bytes(result.artifact_dir)
             total = sum(files.values())
-            size = model.adapter_size()
+            size = model.adapter_size(mask_encoding=ns.mask_encoding)
             weights_bytes = files.get("adapter_model.safetensors", 0)
             summary["artifact_bytes"] = total
             summary["artifact_files"] = files
@@ -592,6 +599,10 @@ def run_training(
             summary["head_bytes"] = int(size["module_bytes"])
             # masks alone, and everything stored per task (masks + head + encoding overhead)
             summary["mask_bits_per_masked_weight"] = float(size["bits_per_masked_weight"])
+            summary["packed_mask_bits_per_masked_weight"] = float(
+                size["packed_bits_per_masked_weight"]
+            )
+            summary["mask_entropy_bits_per_masked_weight"] = stats.entropy_bits_per_entry
             summary["bits_per_masked_weight"] = 8 * weights_bytes / max(stats.num_masked, 1)
             say(
                 f"artifact: {result.artifact_dir} ({total:,} bytes: "
@@ -600,7 +611,9 @@ def run_training(
             )
             say(
                 f"size per task: masks {summary['mask_bytes']:,} bytes "
-                f"({summary['mask_bits_per_masked_weight']:.3f} bits per masked weight), head "
+                f"({summary['mask_bits_per_masked_weight']:.3f} bits per masked weight as stored, "
+                f"{summary['packed_mask_bits_per_masked_weight']:.3f} bit-packed, entropy "
+                f"{summary['mask_entropy_bits_per_masked_weight']:.3f}), head "
                 f"{summary['head_bytes']:,} bytes; adapter_model.safetensors = "
                 f"{summary['bits_per_masked_weight']:.3f} bits per masked weight"
             )

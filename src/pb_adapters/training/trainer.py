@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pb_adapters.mask_coding import MASK_ENCODINGS
 from pb_adapters.training.data import DatasetSplits, default_num_workers
 from pb_adapters.training.metrics import ClassificationMetrics
 
@@ -100,6 +101,8 @@ class TrainingArguments:
         num_workers: data loader workers per process (default: CPUs - 1, at most 8).
         max_steps_per_epoch: stop each epoch after this many batches (quick runs, tests).
         save_artifact: save the adapter with ``save_pretrained`` at the end (adapter mode).
+        mask_encoding: how the artifact stores masks: ``"ans"`` (entropy-coded, format 2) or
+            ``"bitpack"`` (1 bit per weight, format 1, readable by older releases).
         metrics_file: JSON-lines file (inside ``output_dir``) receiving one line per epoch and
             one for the test result.
         disable_progress_bar: no tqdm bar (the per-epoch summary lines are still printed).
@@ -142,6 +145,7 @@ class TrainingArguments:
     num_workers: int | None = None
     max_steps_per_epoch: int | None = None
     save_artifact: bool = True
+    mask_encoding: str = "ans"
     metrics_file: str = "metrics.jsonl"
     disable_progress_bar: bool = False
     cpu: bool = False
@@ -157,6 +161,8 @@ class TrainingArguments:
     def __post_init__(self) -> None:
         if self.train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
+        if self.mask_encoding not in MASK_ENCODINGS:
+            raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}")
         if self.lr_scheduler not in ("step", "cosine", "constant"):
             raise ValueError(
                 f"lr_scheduler must be step, cosine or constant, got {self.lr_scheduler!r}"
@@ -1061,7 +1067,10 @@ class PiggybackTrainer:
             datasets = [self.dataset_name] if self.dataset_name else None
             folder = Path(
                 model.save_pretrained(
-                    self.output_dir, metrics=self.artifact_metrics(result), datasets=datasets
+                    self.output_dir,
+                    metrics=self.artifact_metrics(result),
+                    datasets=datasets,
+                    mask_encoding=self.args.mask_encoding,
                 )
                 or self.output_dir
             )

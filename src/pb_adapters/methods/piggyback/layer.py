@@ -49,6 +49,7 @@ class PiggybackLayer(AdapterLayer):
     """
 
     encoding = "bitpack"
+    bit_plane_keys = ("mask", "sign")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
