@@ -196,6 +196,10 @@ def training_section(data: dict[str, Any]) -> list[str]:
             f"{r['method']} | {r['trainable_parameters']:,} | {_ms(r['step_seconds'])} | "
             f"{r['step_time_ratio_vs_finetune']:.2f}x | {_mib(r['peak_growth_bytes'])} | "
             f"{r['peak_memory_ratio_vs_finetune']:.2f}x |"
+        )
+    return [*lines, ""]
+
+
 def storage_section(data: dict[str, Any]) -> list[str]:
     """Tables for ``storage-cpu.json``."""
     masks = data["masks"]
