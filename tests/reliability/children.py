@@ -90,9 +90,7 @@ def make_trainer(data: str, out: str, resume: str | None = None) -> PiggybackTra
 def trained_state(trainer: PiggybackTrainer) -> dict[str, torch.Tensor]:
     """The mask bits and head weights a run ended with."""
     model = trainer.model
-    state = {
-        f"mask:{path}": layer.mask("default") != 0 for path, layer in model.adapter_layers()
-    }
+    state = {f"mask:{path}": layer.mask("default") != 0 for path, layer in model.adapter_layers()}
     for name, param in model.named_parameters():
         if param.requires_grad and "mask_scores" not in name:
             state[name] = param.detach().clone()

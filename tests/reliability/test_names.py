@@ -137,9 +137,9 @@ def test_hostile_repo_ids_and_revisions(
     for repo_id in (f"user/{bad}", f"{bad}/task"):
         if "/" in bad.strip("/") or "\\" in bad:
             continue  # a path, not a repo id: read as a local folder, which is the user's call
-        assert watch(lambda: download_adapter(repo_id, local_dir=tmp_path / "out")) == []
-        assert watch(lambda: push_folder_to_hub(folder, repo_id)) == []
-        assert watch(lambda: model.push_to_hub(repo_id)) == []
+        assert watch(lambda r=repo_id: download_adapter(r, local_dir=tmp_path / "out")) == []
+        assert watch(lambda r=repo_id: push_folder_to_hub(folder, r)) == []
+        assert watch(lambda r=repo_id: model.push_to_hub(r)) == []
     for call in (
         lambda: download_adapter("user/task", revision=bad, local_dir=tmp_path / "out"),
         lambda: resolve_adapter_folder("user/task", revision=bad),
