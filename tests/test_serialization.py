@@ -91,7 +91,7 @@ def test_read_adapter_config_validates_types(tmp_path):
         ],
         "saved_modules": [],
         "head": {"paths": ["fc"]},
-        "weights_sha256": "00",
+        "weights_sha256": "0" * 64,
     }
     _write_config(tmp_path, good)
     assert read_adapter_config(tmp_path)["method"] == "piggyback"

@@ -8,6 +8,7 @@ so the Hub can index it (library, base model, task, datasets, evaluation results
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .mask_coding import binary_entropy
-from .serialization import ARTIFACT_WEIGHTS_NAME, read_adapter_config
+from .serialization import ARTIFACT_WEIGHTS_NAME, atomic_write_bytes, read_adapter_config
 
 __all__ = [
     "CARD_NAME",
@@ -318,7 +319,9 @@ def plot_mask_sparsity(summary: AdapterSummary, path: str | Path) -> Path | None
     ax.grid(axis="x" if with_names else "y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, format="png", metadata={"Software": None})
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -585,7 +588,7 @@ def hub_config(adapter_config: dict[str, Any]) -> dict[str, Any]:
 def write_hub_config(folder: str | Path, adapter_config: dict[str, Any]) -> Path:
     """Write :func:`hub_config` as ``config.json`` in ``folder``."""
     path = Path(folder) / HUB_CONFIG_NAME
-    path.write_text(json.dumps(hub_config(adapter_config), indent=2) + "\n", encoding="utf-8")
+    atomic_write_bytes(path, (json.dumps(hub_config(adapter_config), indent=2) + "\n").encode())
     return path
 
 
@@ -597,6 +600,8 @@ def write_model_card(
     subfolder: str | None = None,
 ) -> Path:
     """Write ``README.md``, ``mask_sparsity.png`` and ``config.json`` into an artifact folder.
+
+    Each file is replaced atomically (a temporary file, then a rename).
 
     ``adapter_config`` defaults to the folder's validated ``adapter_config.json``. The plot is
     written only when the artifact records per-layer counts (and the card links it only then).
@@ -618,6 +623,6 @@ def write_model_card(
         plot_name=PLOT_NAME if plot is not None else None,
     )
     path = folder / CARD_NAME
-    path.write_text(str(card), encoding="utf-8")
+    atomic_write_bytes(path, str(card).encode("utf-8"))
     write_hub_config(folder, adapter_config)
     return path

@@ -34,6 +34,7 @@ __all__ = [
     "is_local_reference",
     "push_folder_to_hub",
     "resolve_adapter_folder",
+    "validate_hub_target",
     "validate_revision",
     "validate_subfolder",
 ]
@@ -123,6 +124,22 @@ def _validate_repo_id(repo_id: str) -> str:
             "('namespace/name')"
         ) from err
     return repo_id
+
+
+def validate_hub_target(
+    repo_id: str, *, revision: str | None = None, subfolder: str | None = None
+) -> tuple[str | None, str | None]:
+    """Check a repo id, revision and subfolder to write to; return ``(revision, subfolder)``.
+
+    Raises:
+        HubError: one of the names is refused; nothing has been read or written.
+    """
+    sub = validate_subfolder(subfolder)
+    rev = validate_revision(revision)
+    if not isinstance(repo_id, str):
+        raise HubError(f"repo_id must be a string, not {type(repo_id).__name__}")
+    _validate_repo_id(repo_id)
+    return rev, sub
 
 
 def is_local_reference(reference: str | os.PathLike[str]) -> bool:
@@ -515,10 +532,8 @@ def push_folder_to_hub(
         ArtifactError: ``folder`` is not an artifact folder.
         HubError: invalid names, authentication, permission or network problems.
     """
+    rev, sub = validate_hub_target(repo_id, revision=revision, subfolder=subfolder)
     source = Path(folder).expanduser()
-    sub = validate_subfolder(subfolder)
-    rev = validate_revision(revision)
-    _validate_repo_id(repo_id)
     missing = [name for name in ARTIFACT_FILES if not (source / name).is_file()]
     if missing:
         raise ArtifactError(

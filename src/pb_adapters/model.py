@@ -36,7 +36,7 @@ from .errors import (
     TargetingError,
 )
 from .heads import LabelState, copy_head, create_task_head, get_label_state, set_label_state
-from .hub import push_folder_to_hub, resolve_adapter_folder
+from .hub import push_folder_to_hub, resolve_adapter_folder, validate_hub_target
 from .mask_coding import DEFAULT_MASK_ENCODING, binary_entropy, encode_bit_planes
 from .methods import get_method
 from .methods.base import AdapterLayer, is_supported_layer
@@ -1054,6 +1054,12 @@ class PiggybackModel(nn.Module):
         The repository (and the branch ``revision``) is created when missing; several tasks can
         share a repository under different ``subfolder``\ s. Returns the commit url.
         """
+        # Refuse bad names before anything is written, even to a temporary folder.
+        validate_hub_target(repo_id, revision=revision, subfolder=subfolder)
+        name = adapter_name or self.active_adapter
+        if name is None:
+            raise AdapterNotFoundError("no adapter to push: add or load one first")
+        self._require_adapter(name)
         with tempfile.TemporaryDirectory(prefix="pb-adapters-push-") as tmp:
             folder = Path(tmp) / "artifact"
             self.save_pretrained(

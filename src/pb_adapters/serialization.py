@@ -13,13 +13,16 @@ import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors import deserialize as safetensors_deserialize
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
@@ -58,7 +61,14 @@ SUPPORTED_FORMAT_VERSIONS = (1, 2)
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: os.umask can only be read by setting it
-_MAX_CONFIG_BYTES = 64 * 1024 * 1024  # a config of millions of modules is still far below this
+# A config of thousands of modules and 21k labels is a few MiB; parsing JSON costs at most ~30x
+# its size in memory, so this also bounds what a hostile config can allocate.
+_MAX_CONFIG_BYTES = 8 * 1024 * 1024
+# Room for the safetensors header (names, dtypes, shapes, offsets, our metadata) beyond the
+# tensor bytes the config implies: a weights file larger than that is refused before reading.
+_HEADER_ALLOWANCE = 1024 * 1024
+_HEADER_BYTES_PER_TENSOR = 4096
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 # Most significant bit first, as numpy.packbits does, so packed masks read the same in numpy.
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -164,9 +174,62 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _backup_path(folder: Path, weights_sha256: str) -> Path:
+    """Where the weights named by ``weights_sha256`` are kept while a save replaces them."""
+    return folder / f".{ARTIFACT_WEIGHTS_NAME}.{weights_sha256[:16]}.prev"
+
+
+def _recorded_weights_hash(folder: Path) -> str | None:
+    """The weights hash the folder's current config records, or ``None`` if there is none."""
+    path = folder / ARTIFACT_CONFIG_NAME
+    try:
+        if path.stat().st_size > _MAX_CONFIG_BYTES:
+            return None
+        value = json.loads(path.read_text(encoding="utf-8")).get("weights_sha256")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    return value if isinstance(value, str) and _SHA256_HEX.fullmatch(value) else None
+
+
+def _keep_previous_weights(folder: Path, new_sha256: str) -> None:
+    """Hard-link the current weights under a name derived from the hash the old config records.
+
+    Between the two renames of a save, the folder holds the new weights and the old config; the
+    reader then finds the old weights under this name, so the previous artifact stays loadable
+    at every instant of a save.
+    """
+    old = _recorded_weights_hash(folder)
+    weights = folder / ARTIFACT_WEIGHTS_NAME
+    if old is None or old == new_sha256 or not weights.is_file():
+        return
+    backup = _backup_path(folder, old)
+    tmp = backup.with_name(f"{backup.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(weights, tmp)
+    except OSError:  # no hard links on this file system: copy instead
+        shutil.copyfile(weights, tmp)
+    os.replace(tmp, backup)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist renames in ``folder`` (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_artifact(
@@ -183,7 +246,9 @@ def write_artifact(
     smaller unless ``mask_encoding="bitpack"``; the coded ones are listed in the config's
     ``tensor_encodings``, and the format version is 2 when there are any, else 1 (readable by
     older releases). Each file is replaced atomically; the config records the SHA-256 of the
-    weights file, so a reader notices a pair that an interrupted save left mismatched.
+    weights file, so a reader notices a mismatched pair. While the pair is replaced the previous
+    weights stay reachable (see :func:`read_adapter_tensors`), so a save killed at any point
+    leaves either the previous or the new artifact loadable.
     """
     folder = Path(folder)
     tensors, coded = encode_bit_planes(tensors, list(bit_planes), mask_encoding)
@@ -204,9 +269,14 @@ def write_artifact(
     if coded:
         config["tensor_encodings"] = coded
     config["weights_sha256"] = hashlib.sha256(payload).hexdigest()
+    folder.mkdir(parents=True, exist_ok=True)
+    _keep_previous_weights(folder, config["weights_sha256"])
     atomic_write_bytes(folder / ARTIFACT_WEIGHTS_NAME, payload)
     text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
     atomic_write_bytes(folder / ARTIFACT_CONFIG_NAME, text.encode("utf-8"))
+    for stale in folder.glob(f".{ARTIFACT_WEIGHTS_NAME}.*.prev"):
+        stale.unlink(missing_ok=True)
+    _fsync_dir(folder)
     return folder
 
 
@@ -273,6 +343,33 @@ def _validate_saved_modules(records: Any) -> None:
             )
 
 
+def _validate_labels(data: dict[str, Any]) -> None:
+    head = data["head"]
+    num_labels = head.get("num_labels")
+    _expect(
+        num_labels is None or (_is_int(num_labels) and num_labels > 0),
+        "'head.num_labels' must be a positive integer",
+    )
+    id2label = data.get("id2label")
+    if id2label is not None:
+        _expect(
+            isinstance(id2label, dict)
+            and all(isinstance(v, str) for v in id2label.values())
+            and sorted(id2label) == sorted(str(i) for i in range(len(id2label))),
+            "'id2label' must map '0' .. 'N-1' to strings",
+        )
+        _expect(
+            num_labels is None or num_labels == len(id2label),
+            f"'id2label' has {len(id2label)} entries but 'head.num_labels' is {num_labels}",
+        )
+    label2id = data.get("label2id")
+    _expect(
+        label2id is None
+        or (isinstance(label2id, dict) and all(_is_int(v) and v >= 0 for v in label2id.values())),
+        "'label2id' must map strings to class indices",
+    )
+
+
 def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     """Read and validate ``adapter_config.json`` in ``folder``.
 
@@ -290,6 +387,8 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise ArtifactError(f"{path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ArtifactError(f"{path} nests JSON too deeply to be an adapter config") from None
     _expect(isinstance(data, dict), f"{path} must hold a JSON object")
 
     version = data.get("format_version")
@@ -322,7 +421,8 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
             f"'base_model.{key}' must be a string",
         )
     _validate_modules(data.get("modules"))
-    _validate_saved_modules(data.get("saved_modules", []))
+    data.setdefault("saved_modules", [])  # optional: the loader then finds the head missing
+    _validate_saved_modules(data["saved_modules"])
     head = data.get("head")
     _expect(isinstance(head, dict), "'head' must be an object")
     paths = head.get("paths")
@@ -330,7 +430,12 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
         isinstance(paths, list) and all(isinstance(p, str) for p in paths),
         "'head.paths' must be a list",
     )
-    _expect(isinstance(data.get("weights_sha256"), str), "'weights_sha256' must be a string")
+    _expect(
+        isinstance(data.get("weights_sha256"), str)
+        and _SHA256_HEX.fullmatch(data["weights_sha256"]),
+        "'weights_sha256' must be 64 lowercase hex digits",
+    )
+    _validate_labels(data)
     for key in ("metrics",):
         _expect(data.get(key) is None or isinstance(data[key], dict), f"'{key}' must be an object")
     _expect(
@@ -365,10 +470,11 @@ def read_adapter_tensors(
 
     ``expected`` maps each key to ``(dtype, shape)``; a dtype of ``None`` accepts any floating
     dtype. The file's hash must equal ``weights_sha256`` (recorded in the config), its header
-    must list exactly the expected keys with those dtypes and shapes, and only then is any tensor
-    data read. Tensors named in ``tensor_encodings`` (the config's field of that name) are
-    entropy-coded bit planes: each must be a ``uint8`` stream shorter than the packed plane it
-    stands for, and is returned decoded to exactly the expected packed tensor.
+    must list exactly the expected keys with those dtypes and shapes, and only then are tensors
+    built. A file larger than the expected tensors can fill is refused before it is read.
+    Tensors named in ``tensor_encodings`` (the config's field of that name) are entropy-coded
+    bit planes: each must be a ``uint8`` stream shorter than the packed plane it stands for, and
+    is returned decoded to exactly the expected packed tensor.
     """
     coded = tensor_encodings or {}
     for key in coded:
@@ -380,55 +486,73 @@ def read_adapter_tensors(
     path = Path(folder) / ARTIFACT_WEIGHTS_NAME
     if not path.is_file():
         raise ArtifactError(f"no {ARTIFACT_WEIGHTS_NAME} in {folder}; the artifact is incomplete")
-    raw = path.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != weights_sha256:
+    # The largest file the expected tensors can fill: anything bigger is refused unread.
+    limit = _HEADER_ALLOWANCE + sum(
+        _HEADER_BYTES_PER_TENSOR + math.prod(shape) * (8 if dtype is None else dtype.itemsize)
+        for dtype, shape in expected.values()
+    )
+    raw: bytes | None = None
+    for candidate in (path, _backup_path(Path(folder), weights_sha256)):  # see write_artifact
+        if candidate.is_file() and candidate.stat().st_size <= limit:
+            data = candidate.read_bytes()
+            if hashlib.sha256(data).hexdigest() == weights_sha256:
+                path, raw = candidate, data
+                break
+    if raw is None:
+        if path.stat().st_size > limit:
+            raise ArtifactError(
+                f"{path} is {path.stat().st_size} bytes, more than the {limit} bytes the tensors "
+                f"listed in {ARTIFACT_CONFIG_NAME} can fill; the file is corrupt or not this adapter's"
+            )
         raise ArtifactError(
             f"{path} does not match the hash recorded in {ARTIFACT_CONFIG_NAME}: the file is corrupt "
             "or belongs to another save (was a save interrupted?); save or download it again"
         )
+    # Parse the very bytes that were hashed: a save running meanwhile cannot swap the file.
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            keys = set(handle.keys())
-            missing = sorted(set(expected) - keys)
-            extra = sorted(keys - set(expected))
-            _expect(
-                not missing,
-                f"{path} lacks tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}",
-            )
-            _expect(
-                not extra,
-                f"{path} holds unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''}",
-            )
-            for key, (dtype, shape) in expected.items():
-                info = handle.get_slice(key)
-                found_dtype = _DTYPES.get(info.get_dtype())
-                found_shape = tuple(info.get_shape())
-                if key in coded:
-                    _expect(
-                        found_dtype == torch.uint8
-                        and len(found_shape) == 1
-                        and 0 < found_shape[0] < shape[0],
-                        f"coded tensor {key!r} must be a uint8 stream shorter than {shape[0]} "
-                        f"bytes, got {info.get_dtype()} {list(found_shape)}",
-                    )
-                    continue
-                _expect(
-                    found_shape == tuple(shape),
-                    f"tensor {key!r} has shape {list(found_shape)}, expected {list(shape)}",
-                )
-                if dtype is None:
-                    _expect(
-                        found_dtype is not None and found_dtype.is_floating_point,
-                        f"tensor {key!r} must be floating point, got {info.get_dtype()}",
-                    )
-                else:
-                    _expect(
-                        found_dtype == dtype,
-                        f"tensor {key!r} has dtype {info.get_dtype()}, expected {dtype}",
-                    )
-            tensors = {key: handle.get_tensor(key) for key in expected}
+        entries = dict(safetensors_deserialize(raw))
     except SafetensorError as err:
         raise ArtifactError(f"{path} is not a valid safetensors file: {err}") from None
+    missing = sorted(set(expected) - set(entries))
+    extra = sorted(set(entries) - set(expected))
+    _expect(not missing, f"{path} lacks tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    _expect(
+        not extra, f"{path} holds unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+    )
+    tensors: dict[str, Tensor] = {}
+    for key, (dtype, shape) in expected.items():
+        entry = entries[key]
+        found_dtype = _DTYPES.get(entry["dtype"])
+        found_shape = tuple(entry["shape"])
+        if key in coded:
+            _expect(
+                found_dtype == torch.uint8
+                and len(found_shape) == 1
+                and 0 < found_shape[0] < shape[0],
+                f"coded tensor {key!r} must be a uint8 stream shorter than {shape[0]} "
+                f"bytes, got {entry['dtype']} {list(found_shape)}",
+            )
+        else:
+            _expect(
+                found_shape == tuple(shape),
+                f"tensor {key!r} has shape {list(found_shape)}, expected {list(shape)}",
+            )
+            if dtype is None:
+                _expect(
+                    found_dtype is not None and found_dtype.is_floating_point,
+                    f"tensor {key!r} must be floating point, got {entry['dtype']}",
+                )
+            else:
+                _expect(
+                    found_dtype == dtype,
+                    f"tensor {key!r} has dtype {entry['dtype']}, expected {dtype}",
+                )
+        data = entry["data"]
+        if not data:  # frombuffer refuses empty buffers
+            tensors[key] = torch.empty(found_shape, dtype=found_dtype)
+            continue
+        flat = torch.frombuffer(data, dtype=torch.uint8)  # safetensors stores little-endian
+        tensors[key] = flat.view(found_dtype).reshape(found_shape).clone()
     try:
         return decode_bit_planes(tensors, coded, expected)
     except ArtifactError as err:

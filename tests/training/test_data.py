@@ -289,3 +289,106 @@ def test_dataloaders_are_seeded() -> None:
     assert order(1) == order(1)
     assert order(1) != order(2)
     assert sorted(order(1)) == list(range(20))
+
+
+# ----------------------------------------------------------------------------- bad data
+
+
+def _odd_folder(root: Path) -> Path:
+    """One class of odd modes (LA, P, I;16, CMYK, RGBA), one of broken files."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)
+    odd, bad = root / "odd", root / "bad"
+    odd.mkdir(parents=True)
+    bad.mkdir()
+    rgb = Image.fromarray(pixels)
+    rgb.convert("LA").save(odd / "la.png")
+    rgb.convert("P").save(odd / "p.png")
+    Image.fromarray(pixels[..., 0].astype(np.uint16) * 257).save(odd / "i16.png")
+    rgb.convert("CMYK").save(odd / "cmyk.jpg")
+    rgb.convert("RGBA").save(odd / "rgba.png")
+    rgb.save(bad / "good.jpg")
+    whole = (bad / "good.jpg").read_bytes()
+    (bad / "zero.png").write_bytes(b"")
+    (bad / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    flipped = bytearray(whole)
+    flipped[len(flipped) // 3 : len(flipped) // 3 + 40] = b"\xff" * 40
+    (bad / "corrupt.jpg").write_bytes(bytes(flipped))
+    return root
+
+
+def test_odd_modes_and_broken_files_skip_or_raise(tmp_path: Path) -> None:
+    root = _odd_folder(tmp_path / "data")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths, labels, _, skipped = scan_image_folder(root)
+    assert skipped >= 2 and any("zero.png" in str(w.message) for w in caught)
+    dataset = ImageFileDataset(paths, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # decode failures the scan could not see are skipped
+        items = [dataset[i] for i in range(len(dataset))]
+    assert all(image.mode == "RGB" and image.size == (10, 12) for image, _ in items)
+    assert {Path(p).name for p in paths} >= {"la.png", "p.png", "i16.png", "cmyk.jpg", "rgba.png"}
+    for name in ("zero.png", "truncated.jpg"):  # in strict mode each broken file is an error
+        strict = ImageFileDataset(
+            [root / "bad" / name, root / "bad" / "good.jpg"], [0, 0], strict=True
+        )
+        with pytest.raises(DataError, match=name.replace(".", r"\.")):
+            strict[0]
+    with pytest.raises(DataError, match=r"zero\.png|truncated\.jpg|corrupt\.jpg"):
+        scan_image_folder(root, strict=True)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, None, "3", True])
+def test_labels_must_be_class_indices(bad) -> None:
+    images = np.zeros((2, 4, 4), dtype=np.uint8)
+    with pytest.raises(DataError, match="class indices"):
+        ArrayImageDataset(images, [0, bad])
+    with pytest.raises(DataError, match="class indices"):
+        ImageFileDataset(["a.png", "b.png"], [bad, 0])
+
+
+def _saved(tmp_path: Path, train_labels, test_labels, train_feature, test_feature) -> Path:
+    import datasets
+
+    image = Image.new("RGB", (6, 6), (10, 20, 30))
+    dd = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"image": [image] * len(labels), "label": labels},
+                features=datasets.Features({"image": datasets.Image(), "label": feature}),
+            )
+            for split, labels, feature in (
+                ("train", train_labels, train_feature),
+                ("test", test_labels, test_feature),
+            )
+        }
+    )
+    dd.save_to_disk(str(tmp_path / "saved"))
+    return tmp_path / "saved"
+
+
+def test_label_columns_that_do_not_match(tmp_path: Path) -> None:
+    import datasets
+
+    ab, ba = datasets.ClassLabel(names=["a", "b"]), datasets.ClassLabel(names=["b", "a"])
+    path = _saved(tmp_path / "1", [0, 1] * 5, [0, 1], ab, ba)
+    with pytest.raises(DataError, match="does not match the train split"):
+        load_datasets(str(path))
+
+    # -1 is ClassLabel's "no label": such rows are skipped, or refused in strict mode
+    path = _saved(tmp_path / "2", [0, 1, -1] * 4, [0, -1], ab, ab)
+    with pytest.warns(UserWarning, match="without a usable label"):
+        splits = load_datasets(str(path), val_fraction=0.25)
+    assert len(splits.train) + len(splits.validation) == 8 and len(splits.test) == 1
+    with pytest.raises(DataError, match="which is no class"):
+        load_datasets(str(path), strict=True)
+
+    # string labels with missing values: the same
+    text = datasets.Value("string")
+    path = _saved(tmp_path / "3", ["x", "y", None] * 4, ["y", None], text, text)
+    with pytest.warns(UserWarning, match="without a usable label"):
+        splits = load_datasets(str(path), val_fraction=0.25)
+    assert splits.id2label == {0: "x", 1: "y"} and splits.test.labels == [1]
+    with pytest.raises(DataError, match="which is no class"):
+        load_datasets(str(path), strict=True)

@@ -7,9 +7,12 @@ run inside notebooks and other programs without side effects.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from pb_adapters.serialization import atomic_write_bytes
 
 __all__ = ["CURVES_FILE_NAME", "plot_training_curves"]
 
@@ -53,6 +56,7 @@ def plot_training_curves(
     if title:
         fig.suptitle(title)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    atomic_write_bytes(out, buffer.getvalue())  # a crash never leaves half a PNG
     return out

@@ -168,6 +168,16 @@ def _check_image_file(path: Path) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_labels(labels: Sequence[Any]) -> list[int]:
+    """Labels as Python ints; refuse anything but non-negative integers (1.5, -1, None, "3")."""
+    out: list[int] = []
+    for i, x in enumerate(labels):
+        if isinstance(x, bool) or not isinstance(x, int | np.integer) or x < 0:
+            raise DataError(f"label {i} is {x!r}; labels must be class indices 0, 1, 2, ...")
+        out.append(int(x))
+    return out
+
+
 class ImageClassificationDataset(Dataset):
     """Base class: a list of labelled images that yields ``(transform(rgb_image), label)``.
 
@@ -183,7 +193,7 @@ class ImageClassificationDataset(Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         strict: bool = False,
     ) -> None:
-        self.labels: list[int] = [int(x) for x in labels]
+        self.labels: list[int] = _check_labels(labels)
         self.transform = transform
         self.strict = strict
         self.num_skipped = 0
@@ -662,6 +672,38 @@ def _find_column(features: Any, wanted: str | None, kind: str) -> str:
     raise DataError(f"cannot tell which column holds the {kind}s among {names}; pass {option}")
 
 
+def _usable_label(value: Any) -> bool:
+    """Whether a label cell can name a class: not missing, not a list, not NaN."""
+    if value is None or isinstance(value, list | dict) or value != value:
+        return False
+    return not (isinstance(value, int) and value < 0)  # ClassLabel writes -1 for "no label"
+
+
+def _labelled_rows(
+    values: Sequence[Any], lookup: dict[Any, int], where: str, strict: bool
+) -> tuple[list[int], list[int]]:
+    """Rows whose label names a class, and those labels; others are skipped (or raise if strict)."""
+    rows: list[int] = []
+    labels: list[int] = []
+    bad: list[int] = []
+    for row, value in enumerate(values):
+        index = lookup.get(value) if _usable_label(value) else None
+        if index is None:
+            if strict:
+                raise DataError(f"row {row} of the {where} has label {value!r}, which is no class")
+            bad.append(row)
+            continue
+        rows.append(row)
+        labels.append(index)
+    if bad:
+        warnings.warn(
+            f"skipped {len(bad)} row(s) of the {where} without a usable label (rows {bad[:5]}"
+            f"{' ...' if len(bad) > 5 else ''}); pass strict=True to make this an error",
+            stacklevel=3,
+        )
+    return rows, labels
+
+
 def load_hf_datasets(
     name_or_path: str,
     *,
@@ -703,20 +745,32 @@ def load_hf_datasets(
     image_col = _find_column(features, image_column, "image")
     label_col = _find_column(features, label_column, "label")
     label_feature = features[label_col]
+    for split, ds in splits.items():  # every split must label its rows the same way
+        if image_col not in ds.features or label_col not in ds.features:
+            raise DataError(
+                f"the {split} split has no {image_col!r} or {label_col!r} column; its columns "
+                f"are {list(ds.features)}"
+            )
+        if ds.features[label_col] != label_feature:
+            raise DataError(
+                f"the {split} split's {label_col!r} column ({ds.features[label_col]}) does not "
+                f"match the train split's ({label_feature}): class indices would mean other classes"
+            )
     if isinstance(label_feature, datasets.ClassLabel):
         names = list(label_feature.names)
-        to_index: Callable[[Any], int] = int
+        lookup: dict[Any, int] = {i: i for i in range(len(names))}
     else:
         values = sorted(
-            {v for ds in splits.values() for v in ds[label_col]}, key=lambda v: (str(type(v)), v)
+            {v for ds in splits.values() for v in ds[label_col] if _usable_label(v)},
+            key=lambda v: (str(type(v)), v),
         )
         names = [str(v) for v in values]
         lookup = {v: i for i, v in enumerate(values)}
-        to_index = lookup.__getitem__
-    wrapped = {
-        split: HFImageDataset(ds, image_col, [to_index(v) for v in ds[label_col]], strict=strict)
-        for split, ds in splits.items()
-    }
+    wrapped = {}
+    for split, ds in splits.items():
+        rows, labels = _labelled_rows(ds[label_col], lookup, f"{split} split", strict)
+        subset = ds if len(rows) == len(ds) else ds.select(rows)
+        wrapped[split] = HFImageDataset(subset, image_col, labels, strict=strict)
     notes: list[str] = []
     train, validation, test = _complete_splits(
         wrapped, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, notes=notes

@@ -49,6 +49,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pb_adapters.mask_coding import MASK_ENCODINGS
+from pb_adapters.serialization import atomic_write_bytes
+from pb_adapters.training.checkpoints import (
+    clear_leftovers,
+    commit_folder,
+    complete_checkpoints,
+    remove_folder,
+)
 from pb_adapters.training.data import DatasetSplits, default_num_workers
 from pb_adapters.training.metrics import ClassificationMetrics
 
@@ -447,10 +454,10 @@ def _load_rng_state(path: Path) -> None:
 def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
     """The newest complete checkpoint under ``<output_dir>/checkpoints`` (None if there is none).
 
-    Folders still being written (``.tmp-*``) or missing the trainer's JSON state are ignored.
+    Folders still being written or deleted (``.tmp-*``, ``.old-*``) or missing the trainer's
+    JSON state are ignored.
     """
-    root = Path(output_dir) / CHECKPOINTS_DIR
-    done = sorted(p for p in root.glob("step-*") if (p / _STATE_FILE).is_file())
+    done = complete_checkpoints(Path(output_dir) / CHECKPOINTS_DIR, _STATE_FILE)
     return done[-1] if done else None
 
 
@@ -704,8 +711,7 @@ class PiggybackTrainer:
         name = f"step-{state['global_step']:08d}"
         tmp = root / f".tmp-{name}"
         if acc.is_main_process:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            clear_leftovers(root)  # folders of a killed save, never complete checkpoints
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         with _quiet_shared_tensor_notice():
@@ -718,15 +724,12 @@ class PiggybackTrainer:
                 )
             # the JSON state is written last: its presence marks a complete checkpoint
             (tmp / _STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-            final = root / name
-            if final.exists():  # re-saving a step after resuming from an older checkpoint
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            commit_folder(tmp, root / name)
             limit = self.args.save_total_limit
-            done = sorted(p for p in root.glob("step-*") if (p / _STATE_FILE).is_file())
+            done = complete_checkpoints(root, _STATE_FILE)
             if limit is not None:
                 for old in done[: max(0, len(done) - limit)]:
-                    shutil.rmtree(old, ignore_errors=True)
+                    remove_folder(old)
         acc.wait_for_everyone()
         return root / name
 
@@ -801,8 +804,8 @@ class PiggybackTrainer:
             if partial is None:  # the checkpoint was taken after the epoch's validation
                 start_epoch, skip, partial = start_epoch + 1, 0, None
             if acc.is_main_process:  # the metrics file holds exactly the checkpoint's history
-                with open(self.output_dir / args.metrics_file, "w", encoding="utf-8") as fh:
-                    fh.writelines(json.dumps(r) + "\n" for r in history)
+                text = "".join(json.dumps(r) + "\n" for r in history)
+                atomic_write_bytes(self.output_dir / args.metrics_file, text.encode())
             acc.print(f"resumed from {resume} (epoch {start_epoch}, batch {skip})")
 
         acc.print(
@@ -1011,7 +1014,8 @@ class PiggybackTrainer:
                 **result.to_dict(),
             }
             payload["args"] = args.to_dict()
-            (self.output_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+            text = json.dumps(payload, indent=2) + "\n"
+            atomic_write_bytes(self.output_dir / "results.json", text.encode())
             if history:
                 from pb_adapters.training.curves import CURVES_FILE_NAME, plot_training_curves
 
