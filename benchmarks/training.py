@@ -109,6 +109,14 @@ def worker(method: str, image_size: int, batch: int, steps: int, warmup: int, ou
     )
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def measure(
     method: str, processes: int, image_size: int, batch: int, steps: int, warmup: int, tmp: Path
 ) -> dict[str, Any]:
@@ -127,7 +135,7 @@ def measure(
         command = [
             sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
             "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", "0", *worker_args,
+            "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *worker_args,
         ]  # fmt: skip
     subprocess.run(command, check=True, cwd=REPO, env=env, capture_output=True, text=True)
     ranks = [

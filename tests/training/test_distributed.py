@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,13 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _free_port() -> int:
+    # a port of our own: parallel runs on the machine must not meet on the default 29500
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _launch(out: Path, batch_size: int, processes: int, *extra: str) -> None:
     if processes == 1:
         cmd = [sys.executable, str(WORKER)]
@@ -37,7 +45,7 @@ def _launch(out: Path, batch_size: int, processes: int, *extra: str) -> None:
             sys.executable, "-m", "accelerate.commands.launch",
             "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", "0", str(WORKER),
+            "--main_process_port", str(_free_port()), str(WORKER),
         ]  # fmt: skip
     proc = subprocess.run(
         [*cmd, str(out), str(batch_size), *extra],
