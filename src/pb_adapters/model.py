@@ -718,7 +718,9 @@ class PiggybackModel(nn.Module):
             )
 
         def task_metrics(task: str) -> tuple[dict[str, Any] | None, list[str] | None]:
-            return (metrics, datasets) if task == name else self._recorded.get(task, (None, None))
+            if task == name and (metrics is not None or datasets is not None):
+                return metrics, datasets
+            return self._recorded.get(task, (None, None))
 
         task = self._task_record(top, "modules.", *task_metrics(top), tensors)
         identity = self._base_identity()
