@@ -7,4 +7,11 @@ from .packing import finalize_task, prune_task
 
 __all__ = ["PackNetConfig", "PackNetLayer", "finalize_task", "prune_task"]
 
-register_method(MethodSpec(name="packnet", config_class=PackNetConfig, layer_class=PackNetLayer))
+register_method(
+    MethodSpec(
+        name="packnet",
+        config_class=PackNetConfig,
+        layer_class=PackNetLayer,
+        training_schedule="pb_adapters.training.packnet:run_packnet_training",
+    )
+)
