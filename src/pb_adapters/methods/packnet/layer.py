@@ -41,6 +41,9 @@ class PackNetLayer(AdapterLayer):
         self.register_buffer("owner", None)
         self.free = nn.ParameterDict()
         self.claims = BufferDict()
+        # per training task, entries owned by earlier tasks (fixed while it trains; kept so that
+        # each training forward costs one select and one multiply)
+        self.earlier = BufferDict()
         self.task_index: dict[str, int] = {}  # adapter name -> its slot k in the owner index
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -89,6 +92,7 @@ class PackNetLayer(AdapterLayer):
         weight = self.base_layer.weight
         self.free[name] = nn.Parameter(weight.detach().clone())
         self.claims[name] = self.owner == 0
+        self.earlier[name] = self.owner != 0
         self.task_index[name] = index
 
     def delete_adapter(self, name: str) -> None:
@@ -99,7 +103,7 @@ class PackNetLayer(AdapterLayer):
         if name not in self.task_index:
             return
         index = self.task_index.pop(name)
-        for store in (self.free, self.claims):
+        for store in (self.free, self.claims, self.earlier):
             if name in store:
                 del store[name]
         if index > max(self.task_index.values(), default=0) and self.owner is not None:
@@ -122,7 +126,7 @@ class PackNetLayer(AdapterLayer):
         """The shared packed weights and owner index, plus the training state of ``name``."""
         tensors = [self.packed, self.owner]
         if name in self.free:
-            tensors += [self.free[name], self.claims[name]]
+            tensors += [self.free[name], self.claims[name], self.earlier[name]]
         return tensors
 
     # -- the weight -------------------------------------------------------------------------
@@ -133,16 +137,15 @@ class PackNetLayer(AdapterLayer):
         """Task ``name``'s weight; differentiable with respect to its free weights while training."""
         index = self.task_index[name]
         if name in self.free:
-            earlier = (self.owner > 0) & (self.owner < index)
             free = self.free[name]
-            return torch.where(earlier, self.packed, free * self.claims[name].to(free.dtype))
+            return torch.where(self.earlier[name], self.packed, free * self.claims[name])
         return torch.where(self._used(index), self.packed, torch.zeros_like(self.packed))
 
     def used_entries(self, name: str) -> Tensor:
         """Boolean tensor of the entries task ``name`` computes with (the rest are zero for it)."""
         index = self.task_index[name]
         if name in self.free:
-            return ((self.owner > 0) & (self.owner < index)) | self.claims[name]
+            return self.earlier[name] | self.claims[name]
         return self._used(index)
 
     def mask_counts(self, name: str) -> tuple[int, int]:
@@ -184,8 +187,8 @@ class PackNetLayer(AdapterLayer):
                 torch.where(claim, self.free[name].to(self.packed.dtype), self.packed)
             )
             self.owner.masked_fill_(claim, self.task_index[name])
-        del self.free[name]
-        del self.claims[name]
+        for store in (self.free, self.claims, self.earlier):
+            del store[name]
         if name == self.active_adapter:
             self._active_trainable = False
         self._drop_merged()
@@ -286,6 +289,7 @@ class PackNetLayer(AdapterLayer):
             owner = unpack_uints(tensors["owner"], numel, bits).view(shape)
             self.owner = owner.to(device=weight.device, dtype=torch.uint8)
             self.free.clear()
-            for key in list(self.claims):
-                del self.claims[key]
+            for store in (self.claims, self.earlier):
+                for key in list(store):
+                    del store[key]
         self.task_index[name] = int(config.task_index)

