@@ -77,32 +77,26 @@ def train_packnet_task(
     args: TrainingArguments,
     *,
     prune: bool = True,
-    accelerator: Any = None,
 ) -> PackNetTaskResult:
     """Add task ``name`` to ``model`` (a :class:`~pb_adapters.PiggybackModel`) and pack it.
 
     ``args`` gives everything but the optimiser settings, which come from ``config`` (SGD
     momentum, ``weight_lr``/``head_lr`` for ``epochs``, then ``finetune_lr`` for
-    ``finetune_epochs`` after pruning); phase outputs go under ``args.output_dir``.
+    ``finetune_epochs`` after pruning); phase outputs go under ``args.output_dir``. Each phase
+    gets its own ``Accelerator`` (built from ``args``), so the data loaders and worker processes
+    of a finished phase are released.
     """
     start = time.perf_counter()
     model.add_adapter(name, config)
     model.set_adapter(name)
-    trainer = PiggybackTrainer(
-        model, _phase_args(args, config, "train"), splits=splits, accelerator=accelerator
-    )
+    trainer = PiggybackTrainer(model, _phase_args(args, config, "train"), splits=splits)
     result = trainer.train()
     pruned = 0.0
     if prune and config.prune_ratio > 0:
         history = prune_task(model, name)
         pruned = sum(history.values()) / max(len(history), 1)
         if config.finetune_epochs > 0:
-            trainer = PiggybackTrainer(
-                model,
-                _phase_args(args, config, "retrain"),
-                splits=splits,
-                accelerator=trainer.accelerator,
-            )
+            trainer = PiggybackTrainer(model, _phase_args(args, config, "retrain"), splits=splits)
             result = trainer.train()
         elif splits.test is not None:
             result.test = trainer.evaluate(splits.test)
@@ -223,7 +217,6 @@ def run_packnet_training(
             splits,
             dataclasses.replace(base_args, output_dir=str(output_dir / name)),
             prune=not (last and ns.keep_last_unpruned),
-            accelerator=acc,
         )
         results.append(result)
         task_splits[name] = splits
