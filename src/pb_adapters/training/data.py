@@ -746,13 +746,17 @@ def load_datasets(
         seed: seed of the deterministic stratified split.
         strict: raise on unreadable images instead of skipping them.
     """
-    variant = str(source).lower().removeprefix("demo-") if source is not None else ""
-    if str(source).lower().startswith("demo-"):
-        from pb_adapters.training.demo import load_demo_variant
+    name = str(source).lower()
+    if name.startswith("demo-") and not Path(str(source)).exists():
+        from pb_adapters.training.demo import DEMO_VARIANTS, load_demo_variant
 
-        return load_demo_variant(
-            variant, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
-        )
+        if name[len("demo-") :] in DEMO_VARIANTS:
+            return load_demo_variant(
+                name[len("demo-") :],
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                seed=seed,
+            )
     if source is None or str(source).lower() in DEMO_DATASET_NAMES:
         from pb_adapters.training.demo import load_demo_dataset
 
