@@ -103,6 +103,7 @@ class AdapterSummary:
     metrics: dict[str, Any] = field(default_factory=dict)
     datasets: list[str] = field(default_factory=list)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def bits_per_masked_weight(self) -> float | None:
@@ -171,6 +172,30 @@ def _estimated_mask_bytes(record: dict[str, Any]) -> int | None:
 
 def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _task_rows(adapter_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per task of an artifact that stores several (oldest first); else none."""
+    records = adapter_config.get("tasks")
+    if not isinstance(records, list):
+        return []
+    rows = []
+    for record in [*records, adapter_config]:
+        if not isinstance(record, dict):
+            continue
+        config = record.get("config") if isinstance(record.get("config"), dict) else {}
+        head = record.get("head") if isinstance(record.get("head"), dict) else {}
+        metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
+        rows.append(
+            {
+                "name": record.get("name") or adapter_config.get("task_name") or "?",
+                "index": config.get("task_index"),
+                "num_labels": head.get("num_labels"),
+                "datasets": [str(d) for d in record.get("datasets") or []],
+                "metrics": _numeric_metrics(metrics),
+            }
+        )
+    return rows
 
 
 def summarize_adapter(
@@ -270,6 +295,7 @@ def summarize_adapter(
         metrics=dict(metrics) if isinstance(metrics, dict) else {},
         datasets=datasets,
         hyperparameters=hyper,
+        tasks=_task_rows(adapter_config),
     )
 
 
@@ -461,6 +487,29 @@ def _metadata(summary: AdapterSummary, repo_id: str | None, subfolder: str | Non
     )
 
 
+def _tasks_table(tasks: list[dict[str, Any]]) -> list[str]:
+    names = sorted({k for task in tasks for k in task["metrics"]})
+    out = [
+        "",
+        "## Tasks",
+        "",
+        f"{len(tasks)} tasks share this artifact's weights; task k uses the weights kept by tasks "
+        "1 to k, so each task's results stay exactly as they were when it was added.",
+        "",
+        "| task | slot | classes | data |" + "".join(f" {_cell(n)} |" for n in names),
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
+    for task in tasks:
+        values = "".join(
+            f" {task['metrics'][n]:.4f} |" if n in task["metrics"] else " |" for n in names
+        )
+        out.append(
+            f"| {_cell(task['name'])} | {_cell(task['index'] or '')} | "
+            f"{_cell(task['num_labels'] or '')} | {_cell(', '.join(task['datasets']))} |" + values
+        )
+    return out
+
+
 def _body(
     summary: AdapterSummary,
     repo_id: str | None,
@@ -537,6 +586,8 @@ def _body(
             out += [f"| {i} | {_cell(label)} |" for i, label in enumerate(shown)]
             if len(summary.labels) > len(shown):
                 out.append(f"| ... | {len(summary.labels) - len(shown)} more |")
+    if summary.tasks:
+        out += _tasks_table(summary.tasks)
     metrics = _numeric_metrics(summary.metrics)
     if metrics:
         on = f" on {', '.join(summary.datasets)}" if summary.datasets else ""

@@ -147,13 +147,22 @@ class AdapterInfo:
 
 
 @dataclass
+class _TaskPlan:
+    """One task of an artifact, ready to install."""
+
+    name: str
+    config: AdapterConfig
+    record: dict[str, Any]  # the artifact's fields about this task (labels, head, metrics)
+    prefix: str  # where its module tensors live in the weights file
+    modules: dict[str, tuple[str, nn.Module]]  # path -> (kind, module ready to install)
+
+
+@dataclass
 class _LoadPlan:
     """Everything a load needs, checked against the model before anything is changed."""
 
-    config: AdapterConfig
-    data: dict[str, Any]
+    tasks: list[_TaskPlan]  # oldest first; one task unless the method shares layer state
     layer_tensors: dict[str, dict[str, Tensor]]
-    modules: dict[str, tuple[str, nn.Module]]  # path -> (kind, module ready to install)
 
 
 class PiggybackModel(nn.Module):
@@ -185,6 +194,8 @@ class PiggybackModel(nn.Module):
         self._module_kinds: dict[str, dict[str, str]] = {}  # adapter -> module key -> kind
         self._labels: dict[str, LabelState] = {}
         self._frozen: set[str] = set()  # adapters loaded for inference only
+        # adapter -> (metrics, datasets) recorded for it, written into artifacts that store it
+        self._recorded: dict[str, tuple[dict[str, Any] | None, list[str] | None]] = {}
         self._base_labels = get_label_state(model)
         self._head_paths = find_head_paths(model)
         self._fingerprint_cache: tuple[tuple[Any, ...], str] | None = None
@@ -430,7 +441,7 @@ class PiggybackModel(nn.Module):
             if adapter_name in layer.adapter_names:
                 layer.delete_adapter(adapter_name)
         del self.task_modules[adapter_name]
-        for store in (self.peft_config, self._module_kinds, self._labels):
+        for store in (self.peft_config, self._module_kinds, self._labels, self._recorded):
             store.pop(adapter_name, None)
         self._frozen.discard(adapter_name)
         if self.active_adapter == adapter_name:
@@ -644,41 +655,32 @@ class PiggybackModel(nn.Module):
         return self._fingerprint_cache[1]
 
     # ------------------------------------------------------------------ saving
-    def _artifact(
-        self, name: str, metrics: dict[str, Any] | None, datasets: list[str] | None
-    ) -> tuple[dict[str, Any], dict[str, Tensor], list[str]]:
-        """The config dict, the tensors (bit planes packed) and the keys of the bit planes."""
-        config = self.peft_config[name]
-        spec = get_method(config.method)
-        tensors: dict[str, Tensor] = {}
-        planes: list[str] = []
-        records: list[dict[str, Any]] = []
-        for path, layer in self.adapter_layers():
-            if name not in layer.adapter_names:
-                continue
-            for key, tensor in layer.export_adapter(name).items():
-                tensors[f"layers.{path}.{key}"] = tensor
-                if key in spec.layer_class.bit_plane_keys:
-                    planes.append(f"layers.{path}.{key}")
-            zeros, _ = layer.mask_counts(name)
-            shape = list(layer.base_layer.weight.shape)
-            records.append(
-                {
-                    "name": path,
-                    "type": type(layer.base_layer).__name__,
-                    "shape": shape,
-                    "numel": math.prod(shape),
-                    "encoding": spec.layer_class.encoding_for(config),
-                    "zeros": zeros,
-                }
-            )
+    def _artifact_group(self, name: str) -> list[str]:
+        """The adapters one artifact of ``name`` stores: ``[name]``, or every adapter that shares
+        layer state with it (in the layers' order) for methods with ``shared_state``."""
+        spec = get_method(self.peft_config[name].method)
+        if spec.layer_class.shared_state:
+            for _, layer in self.adapter_layers():
+                if name in layer.adapter_names:
+                    return [n for n in layer.adapter_names if n in self.peft_config]
+        return [name]
+
+    def _task_record(
+        self,
+        name: str,
+        prefix: str,
+        metrics: dict[str, Any] | None,
+        datasets: list[str] | None,
+        tensors: dict[str, Tensor],
+    ) -> dict[str, Any]:
+        """What an artifact records about one task (its tensors go into ``tensors``)."""
         saved = []
         kinds = self._module_kinds[name]
         for key, module in self.task_modules[name].items():
             path = _path(key)
             module_tensors = _module_tensors(module)
             for tkey, tensor in module_tensors.items():
-                tensors[f"modules.{path}.{tkey}"] = tensor
+                tensors[f"{prefix}{path}.{tkey}"] = tensor
             saved.append(
                 {
                     "path": path,
@@ -687,19 +689,9 @@ class PiggybackModel(nn.Module):
                     "tensors": {k: list(v.shape) for k, v in module_tensors.items()},
                 }
             )
-        identity = self._base_identity()
-        identity["name_or_path"] = config.base_model_name_or_path or identity["name_or_path"]
-        identity["revision"] = config.base_model_revision or identity["revision"]
-        identity["fingerprint"] = self.base_fingerprint()
         labels = self._labels[name]
-        # The writer adds format_version: it depends on whether any plane gets entropy-coded.
-        data: dict[str, Any] = {
-            "library": "pb-adapters",
-            "library_version": __version__,
-            "method": config.method,
-            "config": config.to_dict(),
-            "base_model": identity,
-            "modules": records,
+        return {
+            "config": self.peft_config[name].to_dict(),
             "head": {
                 "paths": list(self._head_paths),
                 "num_labels": labels.num_labels,
@@ -711,7 +703,80 @@ class PiggybackModel(nn.Module):
             "metrics": metrics,
             "datasets": datasets,
         }
+
+    def _artifact(
+        self, name: str, metrics: dict[str, Any] | None, datasets: list[str] | None
+    ) -> tuple[dict[str, Any], dict[str, Tensor], list[str]]:
+        """The config dict, the tensors (bit planes packed) and the keys of the bit planes."""
+        group = self._artifact_group(name)
+        top = group[-1]  # the artifact's main fields describe the newest task of a group
+        config = self.peft_config[top]
+        spec = get_method(config.method)
+        tensors: dict[str, Tensor] = {}
+        planes: list[str] = []
+        records: list[dict[str, Any]] = []
+        for path, layer in self.adapter_layers():
+            if top not in layer.adapter_names:
+                continue
+            for key, tensor in layer.export_adapter(top).items():
+                tensors[f"layers.{path}.{key}"] = tensor
+                if key in spec.layer_class.bit_plane_keys:
+                    planes.append(f"layers.{path}.{key}")
+            zeros, _ = layer.mask_counts(top)
+            shape = list(layer.base_layer.weight.shape)
+            records.append(
+                {
+                    "name": path,
+                    "type": type(layer.base_layer).__name__,
+                    "shape": shape,
+                    "numel": math.prod(shape),
+                    "encoding": spec.layer_class.encoding_for(config),
+                    "zeros": zeros,
+                }
+            )
+
+        def task_metrics(task: str) -> tuple[dict[str, Any] | None, list[str] | None]:
+            if task == name and (metrics is not None or datasets is not None):
+                return metrics, datasets
+            return self._recorded.get(task, (None, None))
+
+        task = self._task_record(top, "modules.", *task_metrics(top), tensors)
+        identity = self._base_identity()
+        identity["name_or_path"] = config.base_model_name_or_path or identity["name_or_path"]
+        identity["revision"] = config.base_model_revision or identity["revision"]
+        identity["fingerprint"] = self.base_fingerprint()
+        # The writer adds format_version: it depends on whether any plane gets entropy-coded.
+        data: dict[str, Any] = {
+            "library": "pb-adapters",
+            "library_version": __version__,
+            "method": config.method,
+            "config": task.pop("config"),
+            "base_model": identity,
+            "modules": records,
+            **task,
+        }
+        if spec.layer_class.shared_state:
+            data["task_name"] = top
+            data["tasks"] = [
+                {"name": other}
+                | self._task_record(other, f"tasks.{other}.", *task_metrics(other), tensors)
+                for other in group[:-1]
+            ]
         return data, tensors, planes
+
+    def record_metrics(
+        self,
+        adapter_name: str,
+        metrics: dict[str, Any] | None,
+        datasets: list[str] | None = None,
+    ) -> None:
+        """Remember an adapter's evaluation results for the artifacts that store it.
+
+        Artifacts holding several tasks (PackNet's packed network) write every task's recorded
+        metrics; loading an artifact records the metrics it holds.
+        """
+        self._require_adapter(adapter_name)
+        self._recorded[adapter_name] = (metrics, datasets)
 
     def save_pretrained(
         self,
@@ -746,6 +811,8 @@ class PiggybackModel(nn.Module):
         folder = write_artifact(
             save_directory, data, tensors, bit_planes=planes, mask_encoding=mask_encoding
         )
+        if metrics is not None or datasets is not None:
+            self._recorded[name] = (metrics, datasets)
         if write_card:
             write_model_card(folder, repo_id=repo_id, subfolder=subfolder)
         return folder
@@ -789,20 +856,33 @@ class PiggybackModel(nn.Module):
     def _plan_load(self, folder: Path, adapter_name: str, verify_base: bool) -> _LoadPlan:
         """Check an artifact against this model and read its tensors; change nothing."""
         data = read_adapter_config(folder)
-        try:
-            config = AdapterConfig.from_dict(data["config"])
-        except ConfigError as err:
-            raise ArtifactError(f"{folder}: invalid adapter config: {err}") from None
+        config = self._read_config(folder, data["config"])
         spec = get_method(config.method)
-        if adapter_name in self.peft_config:
-            raise ConfigError(
-                f"an adapter named {adapter_name!r} is already loaded; delete_adapter it first"
-            )
         current = self._method_of_model()
         if current is not None and current != config.method:
             raise ArtifactError(
                 f"the artifact is a {config.method!r} adapter but this model holds {current!r} ones"
             )
+        if spec.layer_class.shared_state and current is not None:
+            raise ArtifactError(
+                f"this model already holds {config.method!r} tasks, which share their layers; load "
+                "the artifact onto a fresh base model (it restores all of its tasks)"
+            )
+        # (name, record, tensor prefix) of every task the artifact holds, oldest first
+        tasks: list[tuple[str, dict[str, Any], str]] = []
+        if spec.layer_class.shared_state:
+            for record in data.get("tasks") or []:
+                tasks.append((record["name"], record, f"tasks.{record['name']}."))
+            adapter_name = data.get("task_name") or adapter_name
+        tasks.append((adapter_name, data, "modules."))
+        names = [validate_adapter_name(name) for name, _, _ in tasks]
+        for name in names:
+            if name in self.peft_config:
+                raise ConfigError(
+                    f"an adapter named {name!r} is already loaded; delete_adapter it first"
+                )
+        if len(set(names)) != len(names):
+            raise ArtifactError(f"the artifact names a task twice: {names}")
         architecture = data["base_model"].get("architecture") or "another model"
 
         expected: dict[str, tuple[torch.dtype | None, tuple[int, ...]]] = {}
@@ -833,34 +913,18 @@ class PiggybackModel(nn.Module):
             for key, spec_tuple in spec.layer_class.expected_tensors(shape, config).items():
                 expected[f"layers.{path}.{key}"] = spec_tuple
 
-        head_paths = data["head"]["paths"]
-        if sorted(head_paths) != sorted(self._head_paths):
-            raise ArtifactError(
-                f"the adapter's heads are at {head_paths} but this model's are at {self._head_paths}; "
-                f"the adapter was made for {architecture}"
-            )
-        modules: dict[str, tuple[str, nn.Module]] = {}
+        planned: list[_TaskPlan] = []
         with self._base_installed():
-            fresh = self._new_task_modules(config)
-            for record in data["saved_modules"]:
-                path, kind = record["path"], record["kind"]
-                if path not in fresh or fresh[path][0] != kind:
-                    raise ArtifactError(
-                        f"the artifact stores a {kind} at {path!r}, which this model does not have"
-                    )
-                module = fresh[path][1]
-                own = {k: tuple(v.shape) for k, v in _module_tensors(module).items()}
-                recorded = {k: tuple(v) for k, v in record["tensors"].items()}
-                if own != recorded:
-                    raise ArtifactError(
-                        f"the {kind} at {path!r} has tensors {own} here but {recorded} in the artifact"
-                    )
-                for key, shape in own.items():
-                    expected[f"modules.{path}.{key}"] = (None, shape)
-                modules[path] = (kind, module)
-            missing = sorted(set(fresh) - set(modules))
-            if missing:
-                raise ArtifactError(f"the artifact lacks the task modules {missing}")
+            for name, record, prefix in tasks:
+                task_config = (
+                    config if record is data else self._read_config(folder, record["config"])
+                )
+                if task_config.method != config.method:
+                    raise ArtifactError(f"task {name!r} is not a {config.method!r} task")
+                modules = self._plan_task_modules(
+                    task_config, record, prefix, expected, architecture
+                )
+                planned.append(_TaskPlan(name, task_config, record, prefix, modules))
             if verify_base:
                 self._verify_fingerprint(data)
 
@@ -880,17 +944,63 @@ class PiggybackModel(nn.Module):
             except ArtifactError as err:
                 raise ArtifactError(f"module {path!r}: {err}") from None
             layer_tensors[path] = own_tensors
-        for path, (_, module) in modules.items():
-            prefix = f"modules.{path}."
-            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            reference = next(iter(_module_tensors(module).values()), None)
-            if reference is not None:
-                state = {
-                    k: v.to(dtype=reference.dtype, device=reference.device)
-                    for k, v in state.items()
-                }
-            module.load_state_dict(state, strict=False)
-        return _LoadPlan(config=config, data=data, layer_tensors=layer_tensors, modules=modules)
+        for task in planned:
+            for path, (_, module) in task.modules.items():
+                prefix = f"{task.prefix}{path}."
+                state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+                reference = next(iter(_module_tensors(module).values()), None)
+                if reference is not None:
+                    state = {
+                        k: v.to(dtype=reference.dtype, device=reference.device)
+                        for k, v in state.items()
+                    }
+                module.load_state_dict(state, strict=False)
+        return _LoadPlan(tasks=planned, layer_tensors=layer_tensors)
+
+    @staticmethod
+    def _read_config(folder: Path, data: dict[str, Any]) -> AdapterConfig:
+        try:
+            return AdapterConfig.from_dict(data)
+        except ConfigError as err:
+            raise ArtifactError(f"{folder}: invalid adapter config: {err}") from None
+
+    def _plan_task_modules(
+        self,
+        config: AdapterConfig,
+        record: dict[str, Any],
+        prefix: str,
+        expected: dict[str, tuple[torch.dtype | None, tuple[int, ...]]],
+        architecture: str,
+    ) -> dict[str, tuple[str, nn.Module]]:
+        """Fresh task modules for one stored task, checked against its records (base installed)."""
+        head_paths = record["head"]["paths"]
+        if sorted(head_paths) != sorted(self._head_paths):
+            raise ArtifactError(
+                f"the adapter's heads are at {head_paths} but this model's are at {self._head_paths}; "
+                f"the adapter was made for {architecture}"
+            )
+        modules: dict[str, tuple[str, nn.Module]] = {}
+        fresh = self._new_task_modules(config)
+        for saved in record.get("saved_modules", []):
+            path, kind = saved["path"], saved["kind"]
+            if path not in fresh or fresh[path][0] != kind:
+                raise ArtifactError(
+                    f"the artifact stores a {kind} at {path!r}, which this model does not have"
+                )
+            module = fresh[path][1]
+            own = {k: tuple(v.shape) for k, v in _module_tensors(module).items()}
+            recorded = {k: tuple(v) for k, v in saved["tensors"].items()}
+            if own != recorded:
+                raise ArtifactError(
+                    f"the {kind} at {path!r} has tensors {own} here but {recorded} in the artifact"
+                )
+            for key, shape in own.items():
+                expected[f"{prefix}{path}.{key}"] = (None, shape)
+            modules[path] = (kind, module)
+        missing = sorted(set(fresh) - set(modules))
+        if missing:
+            raise ArtifactError(f"the artifact lacks the task modules {missing}")
+        return modules
 
     def _verify_fingerprint(self, data: dict[str, Any]) -> None:
         expected = data["base_model"]["fingerprint"]
@@ -906,24 +1016,35 @@ class PiggybackModel(nn.Module):
                 "dtype, or pass verify_base=False if you know the difference is harmless."
             )
 
-    def _apply_plan(self, plan: _LoadPlan, adapter_name: str, is_trainable: bool) -> None:
-        spec = get_method(plan.config.method)
+    def _apply_plan(self, plan: _LoadPlan, is_trainable: bool) -> None:
+        spec = get_method(plan.tasks[0].config.method)
         layers = self._wrap_targets(list(plan.layer_tensors), spec.layer_class)
-        for path, layer in layers.items():
-            layer.import_adapter(adapter_name, plan.layer_tensors[path], plan.config, is_trainable)
-        self.peft_config[adapter_name] = plan.config
-        labels = plan.data.get("id2label")
-        state = self._labels_for(plan.config)
-        if labels:
-            state.id2label = {int(k): v for k, v in labels.items()}
-            state.label2id = plan.data.get("label2id") or {v: k for k, v in state.id2label.items()}
-        if plan.data["head"].get("num_labels") is not None:
-            state.num_labels = plan.data["head"]["num_labels"]
-        self._labels[adapter_name] = state
-        self._register_task_modules(adapter_name, plan.modules)
-        if not is_trainable:
-            self._frozen.add(adapter_name)
-        self.set_adapter(adapter_name if self.active_adapter is None else self.active_adapter)
+        # The artifact's own config (the newest task) first: its tensors were checked against it.
+        for task in reversed(plan.tasks):
+            for path, layer in layers.items():
+                layer.import_adapter(task.name, plan.layer_tensors[path], task.config, is_trainable)
+        for task in plan.tasks:
+            self.peft_config[task.name] = task.config
+            labels = task.record.get("id2label")
+            state = self._labels_for(task.config)
+            if labels:
+                state.id2label = {int(k): v for k, v in labels.items()}
+                state.label2id = task.record.get("label2id") or {
+                    v: k for k, v in state.id2label.items()
+                }
+            if task.record["head"].get("num_labels") is not None:
+                state.num_labels = task.record["head"]["num_labels"]
+            self._labels[task.name] = state
+            self._register_task_modules(task.name, task.modules)
+            if task.record.get("metrics") is not None or task.record.get("datasets") is not None:
+                self._recorded[task.name] = (
+                    task.record.get("metrics"),
+                    task.record.get("datasets"),
+                )
+            if not is_trainable:
+                self._frozen.add(task.name)
+        first = plan.tasks[-1].name
+        self.set_adapter(first if self.active_adapter is None else self.active_adapter)
 
     def load_adapter(
         self,
@@ -966,7 +1087,7 @@ class PiggybackModel(nn.Module):
             local_files_only=local_files_only,
         )
         plan = self._plan_load(folder, adapter_name, verify_base)
-        self._apply_plan(plan, adapter_name, is_trainable)
+        self._apply_plan(plan, is_trainable)
 
     @classmethod
     def from_pretrained(
@@ -1032,7 +1153,7 @@ class PiggybackModel(nn.Module):
             for param, flag in flags:
                 param.requires_grad_(flag)
             raise
-        wrapper._apply_plan(plan, adapter_name, is_trainable)
+        wrapper._apply_plan(plan, is_trainable)
         return wrapper
 
     def push_to_hub(

@@ -40,14 +40,17 @@ __all__ = [
     "FORMAT_VERSION",
     "SUPPORTED_FORMAT_VERSIONS",
     "atomic_write_bytes",
+    "bits_for_values",
     "count_zero_bits",
     "fingerprint_tensors",
     "iter_base_tensors",
     "pack_bits",
+    "pack_uints",
     "packed_size",
     "read_adapter_config",
     "read_adapter_tensors",
     "unpack_bits",
+    "unpack_uints",
     "write_artifact",
 ]
 
@@ -108,6 +111,35 @@ def count_zero_bits(packed: Tensor, numel: int) -> int:
     """Number of 0 bits among the first ``numel`` bits of a packed tensor, without unpacking."""
     ones = int(_POPCOUNT.to(packed.device)[packed.reshape(-1).long()].sum())
     return numel - ones  # padding bits are always 0, so they never count as ones
+
+
+def bits_for_values(count: int) -> int:
+    """Bits per entry that hold the integers ``0 .. count - 1``: ``ceil(log2(count))``, at least 1."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    return max(1, (count - 1).bit_length())
+
+
+def pack_uints(values: Tensor, bits: int) -> Tensor:
+    """Pack non-negative integers below ``2**bits`` into ``ceil(n * bits / 8)`` ``uint8`` bytes.
+
+    Each value is written as ``bits`` bits, most significant first, one value after the other
+    (flattened in C order); the padding bits of the last byte are 0.
+    """
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bits must be in 1..16, got {bits}")
+    flat = values.reshape(-1).to(torch.int32)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
+        raise ValueError(f"values must lie in 0..{(1 << bits) - 1}")
+    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.int32, device=flat.device)
+    return pack_bits(((flat[:, None] >> shifts) & 1).bool())
+
+
+def unpack_uints(packed: Tensor, numel: int, bits: int) -> Tensor:
+    """Inverse of :func:`pack_uints`: a flat ``int64`` tensor of ``numel`` values."""
+    planes = unpack_bits(packed, numel * bits, torch.int64).view(numel, bits)
+    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.int64, device=packed.device)
+    return (planes << shifts).sum(dim=1)
 
 
 # ---------------------------------------------------------------------------- fingerprints
@@ -370,6 +402,42 @@ def _validate_labels(data: dict[str, Any]) -> None:
     )
 
 
+def _validate_tasks(data: dict[str, Any]) -> None:
+    """The extra tasks of an artifact that stores several (methods with shared layer state)."""
+    from .model import validate_adapter_name  # local: the model imports this module
+
+    tasks = data.get("tasks")
+    if tasks is None:
+        return
+    _expect(isinstance(tasks, list), "'tasks' must be a list of task records")
+    names = [data.get("task_name")]
+    for index, record in enumerate(tasks):
+        where = f"tasks[{index}]"
+        _expect(isinstance(record, dict), f"{where} must be an object")
+        try:
+            names.append(validate_adapter_name(record.get("name")))
+        except ValueError as err:
+            raise ArtifactError(f"{where}.name: {err}") from None
+        _expect(isinstance(record.get("config"), dict), f"{where}.config must be an object")
+        _expect(
+            record["config"].get("method") == data["method"],
+            f"{where}.config.method differs from 'method'",
+        )
+        _expect(isinstance(record.get("head"), dict), f"{where}.head must be an object")
+        _expect(isinstance(record["head"].get("paths"), list), f"{where}.head.paths must be a list")
+        try:
+            _validate_labels(record)
+        except ArtifactError as err:
+            raise ArtifactError(f"{where}: {err}") from None
+        _validate_saved_modules(record.get("saved_modules", []))
+        record.setdefault("saved_modules", [])
+        _expect(
+            record.get("metrics") is None or isinstance(record["metrics"], dict),
+            f"{where}.metrics must be an object",
+        )
+    _expect(len(set(names)) == len(names), f"'tasks' names a task twice: {names}")
+
+
 def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     """Read and validate ``adapter_config.json`` in ``folder``.
 
@@ -423,6 +491,11 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     _validate_modules(data.get("modules"))
     data.setdefault("saved_modules", [])  # optional: the loader then finds the head missing
     _validate_saved_modules(data["saved_modules"])
+    _expect(
+        data.get("task_name") is None or isinstance(data["task_name"], str),
+        "'task_name' must be a string",
+    )
+    _validate_tasks(data)
     head = data.get("head")
     _expect(isinstance(head, dict), "'head' must be an object")
     paths = head.get("paths")

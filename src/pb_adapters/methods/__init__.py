@@ -26,11 +26,15 @@ class MethodSpec:
         config_class: The method's :class:`~pb_adapters.config.AdapterConfig` subclass.
         layer_class: The :class:`~pb_adapters.methods.base.AdapterLayer` subclass that wraps each
             targeted module.
+        training_schedule: ``"module:function"`` of a function ``(namespace, print_fn) ->
+            summary`` that runs the method's own multi-phase training from the command line
+            (``--method NAME``); ``None``: the standard single-run trainer.
     """
 
     name: str
     config_class: type[AdapterConfig]
     layer_class: type[AdapterLayer]
+    training_schedule: str | None = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -38,6 +42,7 @@ _REGISTRY: dict[str, MethodSpec] = {}
 # The built-in methods, imported on first use: name -> module that calls register_method.
 _BUILTIN_METHODS: dict[str, str] = {
     "piggyback": "pb_adapters.methods.piggyback",
+    "packnet": "pb_adapters.methods.packnet",
 }
 
 

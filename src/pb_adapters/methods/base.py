@@ -117,6 +117,12 @@ class AdapterLayer(nn.Module):
     #: method never sees the coding.
     bit_plane_keys: ClassVar[tuple[str, ...]] = ()
 
+    #: Whether the adapters on one layer share state (one packed network for several tasks).
+    #: The wrapper then saves all of them, in :attr:`adapter_names` order, as one artifact:
+    #: :meth:`export_adapter` returns the shared state once, and every task is imported from the
+    #: same tensors.
+    shared_state: bool = False
+
     def __init__(self, base_layer: nn.Module) -> None:
         if not is_supported_layer(base_layer):
             raise TargetingError(

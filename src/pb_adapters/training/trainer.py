@@ -95,7 +95,9 @@ class TrainingArguments:
         mask_lr / head_lr / norm_lr: learning rates of the parameter groups; ``None`` takes the
             adapter config's values (piggyback defaults 1e-4) or 1e-4 for baselines.
         backbone_lr: learning rate of the backbone weights in ``finetune`` mode.
-        weight_decay: Adam weight decay (official: none).
+        weight_decay: weight decay of the optimiser (official piggyback: none).
+        optimizer: ``"adam"`` (piggyback's) or ``"sgd"`` (with ``momentum``; PackNet's).
+        momentum: SGD momentum (``optimizer="sgd"`` only).
         lr_scheduler: ``"step"`` (x ``decay_factor`` at ``decay_epoch``), ``"cosine"`` or
             ``"constant"``.
         decay_epoch: when the step decay happens, in (fractional) epochs; default: the midpoint.
@@ -143,6 +145,8 @@ class TrainingArguments:
     norm_lr: float | None = None
     backbone_lr: float = 1e-4
     weight_decay: float = 0.0
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
     lr_scheduler: Literal["step", "cosine", "constant"] = "step"
     decay_epoch: float | None = None
     decay_factor: float = 0.1
@@ -170,6 +174,8 @@ class TrainingArguments:
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
         if self.mask_encoding not in MASK_ENCODINGS:
             raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.lr_scheduler not in ("step", "cosine", "constant"):
             raise ValueError(
                 f"lr_scheduler must be step, cosine or constant, got {self.lr_scheduler!r}"
@@ -754,7 +760,12 @@ class PiggybackTrainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / args.metrics_file).write_text("", encoding="utf-8")
         groups = self.param_groups()
-        optimizer = torch.optim.Adam(groups, weight_decay=args.weight_decay)
+        if args.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                groups, momentum=args.momentum, weight_decay=args.weight_decay
+            )
+        else:
+            optimizer = torch.optim.Adam(groups, weight_decay=args.weight_decay)
         train_loader = self._loader(self.train_dataset, train=True)
         # an epoch's order depends only on (seed, epoch): a resumed run shuffles the same way
         sampler = train_loader.sampler
