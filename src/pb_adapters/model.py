@@ -492,7 +492,7 @@ class PiggybackModel(nn.Module):
                 inner: dict[int, Any] = {}
                 if name in layer.adapter_names:
                     with torch.no_grad():
-                        merged = layer.effective_weight(name).detach().clone()
+                        merged = layer.inference_weight(name).detach().clone()
                     inner[id(base_layer.weight)] = nn.Parameter(merged)
                 if inner or not inplace:
                     base_layer = copy.deepcopy(base_layer, inner)
@@ -642,7 +642,7 @@ class PiggybackModel(nn.Module):
                 continue
             for key, tensor in layer.export_adapter(name).items():
                 tensors[f"layers.{path}.{key}"] = tensor
-            zeros, _ = layer.mask_counts(name)
+            zeros, entries = layer.mask_counts(name)
             shape = list(layer.base_layer.weight.shape)
             records.append(
                 {
@@ -652,6 +652,7 @@ class PiggybackModel(nn.Module):
                     "numel": math.prod(shape),
                     "encoding": spec.layer_class.encoding_for(config),
                     "zeros": zeros,
+                    "entries": entries,  # mask entries: fewer than numel when entries are shared
                 }
             )
         saved = []
