@@ -287,9 +287,8 @@ class KSMLayer(AdapterLayer):
             math.isfinite(offset) and math.isfinite(step) and step >= 0,
             f"tensor 'scale_range' must hold a finite offset and step >= 0, got {[offset, step]}",
         )
-        cls._require(
-            math.isfinite(offset + _LEVELS * step), "tensor 'scale_range' overflows float32"
-        )
+        top = dequantize_scales(torch.tensor([_LEVELS], dtype=torch.uint8), tensors["scale_range"])
+        cls._require(bool(torch.isfinite(top).all()), "tensor 'scale_range' overflows float32")
 
     def import_adapter(
         self, name: str, tensors: dict[str, Tensor], config: KSMConfig, trainable: bool
