@@ -532,9 +532,18 @@ def run_training(
     model = trainer.model
     if mode == "adapter":
         stats = model.mask_stats()
+        masked = int(model.adapter_size()["masked_weights"])
         summary["mask_zeros_fraction"] = stats.total
-        summary["num_masked_weights"] = stats.num_masked
-        say(f"mask: {stats.total:.2%} of {stats.num_masked:,} masked weights are zero")
+        summary["num_masked_weights"] = masked
+        # One entry per weight (piggyback) or per kernel (KSM): zeros are counted per entry.
+        summary["num_mask_entries"] = stats.num_masked
+        if stats.num_masked == masked:
+            say(f"mask: {stats.total:.2%} of {masked:,} masked weights are zero")
+        else:
+            say(
+                f"mask: {stats.total:.2%} of {stats.num_masked:,} mask entries are zero "
+                f"({masked:,} masked weights)"
+            )
         if result.artifact_dir is not None:
             files = _artifact_bytes(result.artifact_dir)
             total = sum(files.values())
@@ -546,7 +555,7 @@ def run_training(
             summary["head_bytes"] = int(size["module_bytes"])
             # masks alone, and everything stored per task (masks + head + encoding overhead)
             summary["mask_bits_per_masked_weight"] = float(size["bits_per_masked_weight"])
-            summary["bits_per_masked_weight"] = 8 * weights_bytes / max(stats.num_masked, 1)
+            summary["bits_per_masked_weight"] = 8 * weights_bytes / max(masked, 1)
             say(
                 f"artifact: {result.artifact_dir} ({total:,} bytes: "
                 + ", ".join(f"{k} {v:,}" for k, v in files.items())
