@@ -94,7 +94,8 @@ def test_relaxation_is_the_two_state_softmax_of_the_logistic():
 
 def test_gradient_reaches_the_real_mask_through_the_relaxation():
     conv = nn.Conv2d(3, 4, 3)
-    layer = _layer(conv, mask_init=1e-3, temperature=1e-3).train()  # near the switching point
+    # Near the switching point, so both parts of the derivative matter.
+    layer = _layer(conv, mask_init=1e-3, temperature=1e-3, real_scale=2.0).train()
     x = torch.randn(2, 3, 6, 6)
     layer(x).square().sum().backward()
     grad = layer.mask_scores["task"].grad
@@ -106,7 +107,7 @@ def test_gradient_reaches_the_real_mask_through_the_relaxation():
     layer._forward_with(conv, x, effective).square().sum().backward()
     d_mask = (effective.grad * conv.weight).sum(dim=(2, 3))
     s = torch.sigmoid(torch.tensor(1e-3 / 1e-3))
-    torch.testing.assert_close(grad, d_mask * (s * (1 - s) / 1e-3 + 1.0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad, d_mask * (s * (1 - s) / 1e-3 + 2.0), rtol=1e-4, atol=1e-6)
     assert conv.weight.grad is None  # the base stays frozen
 
 
@@ -118,7 +119,7 @@ def test_eval_hardens_to_exact_bits_and_quantised_real_part():
     r = layer.mask_scores["task"].detach()
     binary, codes, scale_range = layer.hard_parts("task")
     assert torch.equal(binary, r > 0)
-    real = r - 1e-2
+    real = 10.0 * (r - 1e-2)  # real_scale * (r - mask_init)
     # 8 bits with a per-layer offset and step: error at most half a step.
     assert scale_range[0] == real.min() and codes.dtype == torch.uint8
     error = (dequantize_scales(codes, scale_range) - real).abs().max()
