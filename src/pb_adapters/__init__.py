@@ -16,6 +16,7 @@ from .errors import (
     TargetingError,
 )
 from .methods import available_methods, get_method, register_method
+from .methods.ksm import KSMConfig
 from .methods.packnet import PackNetConfig
 from .methods.piggyback import PiggybackConfig
 from .model import MaskStats, PiggybackModel, get_piggyback_model
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigError",
     "FormatVersionError",
     "HubError",
+    "KSMConfig",
     "MaskStats",
     "PackNetConfig",
     "PbAdaptersError",

@@ -71,6 +71,15 @@ _CITATIONS = {
     ),
 }
 
+# What the task learned, per method, as the card's first sentence says it; others get the default.
+_DEFAULT_DESCRIPTION = "a learned mask over the frozen base weights"
+_DESCRIPTIONS = {
+    "ksm": (
+        "a learned kernel-wise soft mask over the frozen base weights (per kernel, a binary bit "
+        "plus an 8-bit real-valued scale)"
+    ),
+}
+
 
 # ---------------------------------------------------------------------------- summary
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class AdapterSummary:
     datasets: list[str] = field(default_factory=list)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     tasks: list[dict[str, Any]] = field(default_factory=list)
+    mask_entries: int | None = None
 
     @property
     def bits_per_masked_weight(self) -> float | None:
@@ -121,10 +131,19 @@ class AdapterSummary:
 
     @property
     def sparsity(self) -> float | None:
-        """Fraction of masked weights switched off (mask value 0), over all masked layers."""
-        if self.zeros is None or not self.masked_weights:
+        """Fraction of mask entries switched off (mask value 0), over all masked layers.
+
+        An entry is one weight for per-weight methods (piggyback) and one kernel for KSM.
+        """
+        entries = self.mask_entries or self.masked_weights
+        if self.zeros is None or not entries:
             return None
-        return self.zeros / self.masked_weights
+        return self.zeros / entries
+
+    @property
+    def description(self) -> str:
+        """What the adapter learned, in words (depends on the method)."""
+        return _DESCRIPTIONS.get(self.method, _DEFAULT_DESCRIPTION)
 
     @property
     def hub_base_model(self) -> str | None:
@@ -208,6 +227,7 @@ def summarize_adapter(
 
     zeros: int | None = 0
     entropy: float | None = 0.0
+    total_entries = 0
     per_layer: dict[str, float] = {}
     for record in modules:
         count = _int_or_none(record.get("zeros"))
@@ -216,6 +236,7 @@ def summarize_adapter(
             zeros = entropy = None
             continue
         per_layer[str(record.get("name"))] = count / entries
+        total_entries += entries
         if zeros is not None and entropy is not None:
             zeros += count
             entropy += entries * binary_entropy(count / entries)
@@ -292,6 +313,7 @@ def summarize_adapter(
         zeros=zeros,
         per_layer_sparsity=per_layer,
         entropy_bits=entropy,
+        mask_entries=total_entries if zeros is not None else None,
         metrics=dict(metrics) if isinstance(metrics, dict) else {},
         datasets=datasets,
         hyperparameters=hyper,
@@ -529,8 +551,8 @@ def _body(
     out = [
         f"# {_cell(title)}",
         "",
-        f"A **{summary.method}** task adapter made with pb-adapters for {base_link}: a learned "
-        f"mask over the frozen base weights{cost} plus {labels}. The base weights are never "
+        f"A **{summary.method}** task adapter made with pb-adapters for {base_link}: "
+        f"{summary.description}{cost} plus {labels}. The base weights are never "
         "changed, so any number of such tasks can share one copy of the base model.",
         "",
         "## Usage",
@@ -569,7 +591,12 @@ def _body(
     if summary.weights_file_bytes is not None:
         out.append(f"| `{ARTIFACT_WEIGHTS_NAME}` | {_fmt_bytes(summary.weights_file_bytes)} |")
     if summary.sparsity is not None:
-        out.append(f"| overall sparsity | {100 * summary.sparsity:.2f}% of masked weights off |")
+        unit = (
+            "masked weights"
+            if summary.mask_entries in (None, summary.masked_weights)
+            else "mask entries"
+        )
+        out.append(f"| overall sparsity | {100 * summary.sparsity:.2f}% of {unit} off |")
     if summary.format_version is not None:
         out.append(f"| artifact format | version {summary.format_version} |")
     if plot_name:

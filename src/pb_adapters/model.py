@@ -513,7 +513,7 @@ class PiggybackModel(nn.Module):
                 inner: dict[int, Any] = {}
                 if name in layer.adapter_names:
                     with torch.no_grad():
-                        merged = layer.effective_weight(name).detach().clone()
+                        merged = layer.inference_weight(name).detach().clone()
                     inner[id(base_layer.weight)] = nn.Parameter(merged)
                 if inner or not inplace:
                     base_layer = copy.deepcopy(base_layer, inner)
@@ -722,7 +722,7 @@ class PiggybackModel(nn.Module):
                 tensors[f"layers.{path}.{key}"] = tensor
                 if key in spec.layer_class.bit_plane_keys:
                     planes.append(f"layers.{path}.{key}")
-            zeros, _ = layer.mask_counts(top)
+            zeros, entries = layer.mask_counts(top)
             shape = list(layer.base_layer.weight.shape)
             records.append(
                 {
@@ -732,6 +732,7 @@ class PiggybackModel(nn.Module):
                     "numel": math.prod(shape),
                     "encoding": spec.layer_class.encoding_for(config),
                     "zeros": zeros,
+                    "entries": entries,  # mask entries: fewer than numel when entries are shared
                 }
             )
 

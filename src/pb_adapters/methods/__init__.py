@@ -42,6 +42,7 @@ _REGISTRY: dict[str, MethodSpec] = {}
 # The built-in methods, imported on first use: name -> module that calls register_method.
 _BUILTIN_METHODS: dict[str, str] = {
     "piggyback": "pb_adapters.methods.piggyback",
+    "ksm": "pb_adapters.methods.ksm",
     "packnet": "pb_adapters.methods.packnet",
 }
 

@@ -193,6 +193,18 @@ class AdapterLayer(nn.Module):
         """The weight the layer computes with when adapter ``name`` is active."""
         raise NotImplementedError
 
+    def inference_weight(self, name: str) -> Tensor:
+        """The weight used in eval mode and by ``merge_and_unload`` (default: :meth:`effective_weight`).
+
+        A method whose training forward is a relaxation (KSM's soft binary part) returns the
+        hardened weight here, which is also what its artifact stores.
+        """
+        return self.effective_weight(name)
+
+    def float32_parameters(self) -> list[nn.Parameter]:
+        """Parameters that stay float32 when the model is cast to half precision (default: none)."""
+        return []
+
     def mask_counts(self, name: str) -> tuple[int, int]:
         """``(zeros, entries)`` of adapter ``name``'s mask on this layer."""
         raise NotImplementedError
@@ -264,7 +276,7 @@ class AdapterLayer(nn.Module):
         key = self._cache_key(name)
         if key != self._merged_key:
             with torch.no_grad():
-                self.merged_weight = self.effective_weight(name)
+                self.merged_weight = self.inference_weight(name)
             self._merged_key = key
 
     def _drop_merged(self) -> None:
@@ -298,7 +310,13 @@ class AdapterLayer(nn.Module):
         return self._forward_with(self._modules["base_layer"], x, merged)
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> AdapterLayer:
+        # Mask parameters stay float32 when the model is cast to half precision: Adam's small
+        # steps on them would vanish in bfloat16. Devices still follow the model.
+        saved = {id(param): param.data for param in self.float32_parameters()}
         super()._apply(fn, recurse)
+        for param in self.float32_parameters():
+            if param.dtype != torch.float32:
+                param.data = saved[id(param)].to(device=param.device, dtype=torch.float32)
         self._merged_key = None  # moved or cast: recompute from the converted base weight
         if not self.training and self._has_active:
             self.refresh_merged()

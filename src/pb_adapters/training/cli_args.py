@@ -622,9 +622,18 @@ def run_training(
     model = trainer.model
     if mode == "adapter":
         stats = model.mask_stats()
+        masked = int(model.adapter_size()["masked_weights"])
         summary["mask_zeros_fraction"] = stats.total
-        summary["num_masked_weights"] = stats.num_masked
-        say(f"mask: {stats.total:.2%} of {stats.num_masked:,} masked weights are zero")
+        summary["num_masked_weights"] = masked
+        # One entry per weight (piggyback) or per kernel (KSM): zeros are counted per entry.
+        summary["num_mask_entries"] = stats.num_masked
+        if stats.num_masked == masked:
+            say(f"mask: {stats.total:.2%} of {masked:,} masked weights are zero")
+        else:
+            say(
+                f"mask: {stats.total:.2%} of {stats.num_masked:,} mask entries are zero "
+                f"({masked:,} masked weights)"
+            )
         if result.artifact_dir is not None:
             files = _artifact_bytes(result.artifact_dir)
             total = sum(files.values())
@@ -639,8 +648,8 @@ def run_training(
             summary["packed_mask_bits_per_masked_weight"] = float(
                 size["packed_bits_per_masked_weight"]
             )
-            summary["mask_entropy_bits_per_masked_weight"] = stats.entropy_bits_per_entry
-            summary["bits_per_masked_weight"] = 8 * weights_bytes / max(stats.num_masked, 1)
+            summary["mask_entropy_bits_per_masked_weight"] = stats.entropy_bits / max(masked, 1)
+            summary["bits_per_masked_weight"] = 8 * weights_bytes / max(masked, 1)
             say(
                 f"artifact: {result.artifact_dir} ({total:,} bytes: "
                 + ", ".join(f"{k} {v:,}" for k, v in files.items())

@@ -102,18 +102,9 @@ class PiggybackLayer(AdapterLayer):
             [self.packed_signs[name]] if name in self.packed_signs else []
         )
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
-        # Scores stay float32 when the model is cast to half precision: Adam's 1e-4 steps on
-        # scores near 1e-2 would vanish in bfloat16. Devices still follow the model.
-        saved = {name: param.data for name, param in self.mask_scores.items()}
-        super()._apply(fn, recurse)
-        for name, param in self.mask_scores.items():
-            if param.dtype != torch.float32:
-                param.data = saved[name].to(device=param.device, dtype=torch.float32)
-                self._merged_key = None
-        if not self.training and self._has_active:
-            self.refresh_merged()
-        return self
+    def float32_parameters(self) -> list[nn.Parameter]:
+        """Every adapter's scores: they stay float32 under half-precision casts."""
+        return list(self.mask_scores.values())
 
     # -- the mask ---------------------------------------------------------------------------
     def mask(self, name: str) -> Tensor:
