@@ -30,7 +30,7 @@ RESULT_NAME = "accuracy-cpu"
 ROTATED_MAX_DEGREES = 90.0
 #: Training budget per run: (epochs, training images); quick mode trades accuracy for minutes.
 BUDGETS: dict[bool, dict[str, int | None]] = {
-    False: {"epochs": 2, "max_train": 1000, "max_eval": None},
+    False: {"epochs": 2, "max_train": 800, "max_eval": 500},
     True: {"epochs": 2, "max_train": 300, "max_eval": 200},
 }
 

@@ -43,6 +43,7 @@ __all__ = [
     "bits_for_values",
     "count_zero_bits",
     "fingerprint_tensors",
+    "fsync_path",
     "iter_base_tensors",
     "pack_bits",
     "pack_uints",
@@ -206,7 +207,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -250,10 +251,10 @@ def _keep_previous_weights(folder: Path, new_sha256: str) -> None:
     os.replace(tmp, backup)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Persist renames in ``folder`` (a no-op where directories cannot be opened)."""
+def fsync_path(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's renames) to disk; a no-op where it cannot be opened."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -308,7 +309,7 @@ def write_artifact(
     atomic_write_bytes(folder / ARTIFACT_CONFIG_NAME, text.encode("utf-8"))
     for stale in folder.glob(f".{ARTIFACT_WEIGHTS_NAME}.*.prev"):
         stale.unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_path(folder)
     return folder
 
 

@@ -325,6 +325,24 @@ class AdapterLayer(nn.Module):
     def extra_repr(self) -> str:
         return f"adapters={self.adapter_names}, active={self.active_adapter!r}"
 
+    @classmethod
+    def _check_layout(
+        cls, tensors: dict[str, Tensor], expected: dict[str, tuple[torch.dtype, tuple[int, ...]]]
+    ) -> None:
+        """Raise :class:`ArtifactError` unless ``tensors`` has exactly the ``expected`` keys,
+        dtypes and shapes (what :meth:`check_import` checks first)."""
+        cls._require(
+            set(tensors) == set(expected),
+            f"expected tensors {sorted(expected)}, got {sorted(tensors)}",
+        )
+        for key, (dtype, size) in expected.items():
+            tensor = tensors[key]
+            cls._require(
+                tensor.dtype == dtype and tuple(tensor.shape) == size,
+                f"tensor {key!r} must be {dtype} of shape {list(size)}, got {tensor.dtype} "
+                f"{list(tensor.shape)}",
+            )
+
     @staticmethod
     def _require(condition: bool, message: str) -> None:
         """Raise :class:`ArtifactError` with ``message`` unless ``condition`` holds."""

@@ -14,31 +14,20 @@ import os
 import shutil
 from pathlib import Path
 
+from pb_adapters.serialization import fsync_path
+
 __all__ = ["clear_leftovers", "commit_folder", "complete_checkpoints", "remove_folder"]
 
 _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
 
 
-def _fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(folder: Path) -> None:
     """Flush every file and folder under ``folder`` to disk."""
     for dirpath, _, filenames in os.walk(folder):
         for name in filenames:
-            _fsync_path(Path(dirpath) / name)
-        _fsync_path(Path(dirpath))
+            fsync_path(Path(dirpath) / name)
+        fsync_path(Path(dirpath))
 
 
 def remove_folder(folder: Path) -> None:
@@ -48,7 +37,7 @@ def remove_folder(folder: Path) -> None:
     trash = folder.with_name(f"{_OLD_PREFIX}{folder.name}-{os.getpid()}")
     shutil.rmtree(trash, ignore_errors=True)
     os.replace(folder, trash)
-    _fsync_path(folder.parent)
+    fsync_path(folder.parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -58,7 +47,7 @@ def commit_folder(tmp: Path, final: Path) -> Path:
     if final.exists():  # re-saving a step after resuming from an older checkpoint
         remove_folder(final)
     os.replace(tmp, final)
-    _fsync_path(final.parent)
+    fsync_path(final.parent)
     return final
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "build_train_parser",
     "load_base_model",
     "load_config_file",
+    "load_splits",
     "main",
     "parse_train_args",
     "run_training",
@@ -478,6 +479,22 @@ def _artifact_bytes(folder: Path) -> dict[str, int]:
     }
 
 
+def load_splits(ns: argparse.Namespace, source: str | None) -> DatasetSplits:
+    """The train/validation/test splits of ``source`` as the data options in ``ns`` say."""
+    splits = load_datasets(
+        source,
+        image_column=ns.image_column,
+        label_column=ns.label_column,
+        val_fraction=ns.val_fraction,
+        test_fraction=ns.test_fraction,
+        seed=ns.seed,
+        strict=ns.strict_data,
+    )
+    if ns.max_train_samples or ns.max_eval_samples:
+        splits.limit(ns.max_train_samples, ns.max_eval_samples, seed=ns.seed)
+    return splits
+
+
 def _is_demo(ns: argparse.Namespace) -> bool:
     return ns.model is None and ns.dataset is None
 
@@ -554,17 +571,7 @@ def run_training(
     t0 = time.perf_counter()
     set_seed(ns.seed)
 
-    splits: DatasetSplits = load_datasets(
-        ns.dataset,
-        image_column=ns.image_column,
-        label_column=ns.label_column,
-        val_fraction=ns.val_fraction,
-        test_fraction=ns.test_fraction,
-        seed=ns.seed,
-        strict=ns.strict_data,
-    )
-    if ns.max_train_samples or ns.max_eval_samples:
-        splits.limit(ns.max_train_samples, ns.max_eval_samples, seed=ns.seed)
+    splits = load_splits(ns, ns.dataset)
     say(f"data: {splits.summary()}" + (f" ({'; '.join(splits.notes)})" if splits.notes else ""))
 
     def make_base() -> nn.Module:

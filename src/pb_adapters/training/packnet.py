@@ -133,7 +133,7 @@ def run_packnet_training(
 
     from pb_adapters import PiggybackModel
     from pb_adapters.training import cli_args
-    from pb_adapters.training.data import build_transforms, load_datasets
+    from pb_adapters.training.data import build_transforms
 
     sources = list(ns.tasks or [ns.dataset])
     demo = ns.model is None and all(s is None or str(s).startswith("demo") for s in sources)
@@ -181,17 +181,7 @@ def run_packnet_training(
     results: list[PackNetTaskResult] = []
     task_splits: dict[str, DatasetSplits] = {}
     for position, source in enumerate(sources):
-        splits = load_datasets(
-            source,
-            image_column=ns.image_column,
-            label_column=ns.label_column,
-            val_fraction=ns.val_fraction,
-            test_fraction=ns.test_fraction,
-            seed=ns.seed,
-            strict=ns.strict_data,
-        )
-        if ns.max_train_samples or ns.max_eval_samples:
-            splits.limit(ns.max_train_samples, ns.max_eval_samples, seed=ns.seed)
+        splits = cli_args.load_splits(ns, source)
         splits.set_transforms(train_tf, eval_tf)
         name = _task_name(splits.name or source, set(model.peft_config))
         config = cli_args.adapter_config_from_args(ns, splits.id2label)

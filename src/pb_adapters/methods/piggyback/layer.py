@@ -173,16 +173,7 @@ class PiggybackLayer(AdapterLayer):
     ) -> None:
         """Refuse tensors that do not fit a weight of ``shape``; changes nothing."""
         expected = cls.expected_tensors(shape, config)
-        cls._require(
-            set(tensors) == set(expected),
-            f"expected tensors {sorted(expected)}, got {sorted(tensors)}",
-        )
-        for key, (dtype, size) in expected.items():
-            tensor = tensors[key]
-            cls._require(
-                tensor.dtype == dtype and tuple(tensor.shape) == size,
-                f"tensor {key!r} must be {dtype} of shape {list(size)}, got {tensor.dtype} {list(tensor.shape)}",
-            )
+        cls._check_layout(tensors, expected)
         numel = math.prod(shape)
         if numel % 8:
             # Padding bits past the last weight are written as 0; anything else is corruption.
