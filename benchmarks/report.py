@@ -6,9 +6,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks import plots
 from benchmarks.common import RESULTS_DIR
 
 DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+#: Where the plots go, relative to the docs page.
+IMAGES = Path("images") / "benchmarks"
+
+
+def _plot(draw: Any, data: dict[str, Any], alt: str) -> list[str]:
+    """Draw ``data`` with ``draw`` next to the docs page; the Markdown line that shows it."""
+    path = draw(data, DOCS_PAGE.parent / IMAGES)
+    return [f"![{alt}]({(IMAGES / path.name).as_posix()})", ""]
 
 
 def _ms(seconds: float) -> str:
@@ -142,6 +151,7 @@ def accuracy_section(data: dict[str, Any]) -> list[str]:
         "",
         _machine(data),
         "",
+        *_plot(plots.accuracy_plot, data, "test accuracy per method and task"),
     ]
     for task in dict.fromkeys(r["task"] for r in data["rows"]):
         rows = [r for r in data["rows"] if r["task"] == task]
@@ -186,6 +196,7 @@ def training_section(data: dict[str, Any]) -> list[str]:
         "",
         _machine(data),
         "",
+        *_plot(plots.training_cost_plot, data, "step time and peak memory versus fine-tuning"),
         "| input | processes | method | trainable parameters | step | step vs fine-tuning "
         "| peak memory growth | memory vs fine-tuning |",
         "|---|---|---|---|---|---|---|---|",
@@ -227,6 +238,7 @@ def storage_section(data: dict[str, Any]) -> list[str]:
         "",
         _machine(data),
         "",
+        *_plot(plots.storage_plot, data, "bits per masked weight against the fraction of zeros"),
         "| mask | zeros | entropy | ans | ans ÷ entropy | bitpack | "
         + " | ".join(compressors)
         + " | in bound | overhead |",

@@ -55,6 +55,10 @@ def test_accuracy_and_training_sections(tmp_path: Path, monkeypatch: pytest.Monk
         json.dumps({"machine": MACHINE, "model": "lite0", "rows": training_rows})
     )
     text = report.render().read_text()
+    for name in ("accuracy.png", "training_cost.png"):
+        image = tmp_path / "images" / "benchmarks" / name
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](images/benchmarks/{name})" in text
     assert "## Accuracy" in text and "## Training cost" in text
     assert "| piggyback | 95.0% ± 1.0 (n=3) | 94.0-96.0% | -2.0 points | 60 s | 2.00% |" in text
     assert "| finetune | 97.0% ± 0.5 (n=3) |" in text
