@@ -95,3 +95,15 @@ def test_sgd_option() -> None:
     assert TrainingArguments(optimizer="sgd", momentum=0.9).optimizer == "sgd"
     with pytest.raises(ValueError, match="optimizer"):
         TrainingArguments(optimizer="rmsprop")
+
+
+def test_demo_tasks_prune_less_unless_told() -> None:
+    from pb_adapters.training.packnet import DEMO_PRUNE_RATIO, prune_ratio_for
+
+    parser = build_train_parser()
+    assert (
+        prune_ratio_for(parser.parse_args(["--method", "packnet"]), demo=True) == DEMO_PRUNE_RATIO
+    )
+    assert prune_ratio_for(parser.parse_args(["--method", "packnet"]), demo=False) is None
+    told = parser.parse_args(["--method", "packnet", "--prune-ratio", "0.75"])
+    assert prune_ratio_for(told, demo=True) == 0.75

@@ -144,7 +144,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         metavar="FOLDER",
         help="add the tasks to this saved packed network instead of starting from the base",
     )
-    g.add_argument("--prune-ratio", type=float, default=None, help="default 0.75")
+    g.add_argument(
+        "--prune-ratio",
+        type=float,
+        default=None,
+        help="packnet: fraction of each task's weights pruned per layer (default 0.75, the "
+        "official value; 0.25 for the demo tasks)",
+    )
     g.add_argument(
         "--finetune-epochs", type=int, default=None, help="retraining epochs after pruning (10)"
     )
