@@ -18,7 +18,13 @@ from torch import Tensor, nn
 
 from ..errors import ArtifactError, TargetingError
 
-__all__ = ["SUPPORTED_LAYER_TYPES", "AdapterLayer", "BufferDict", "is_supported_layer"]
+__all__ = [
+    "SUPPORTED_LAYER_TYPES",
+    "AdapterLayer",
+    "BufferDict",
+    "ScoredMaskLayer",
+    "is_supported_layer",
+]
 
 #: Module types a mask can be put on. Subclasses (timm's ``Conv2dSame``, ``StdConv2d``,
 #: ``Linear``...) are supported through the same path.
@@ -348,3 +354,49 @@ class AdapterLayer(nn.Module):
         """Raise :class:`ArtifactError` with ``message`` unless ``condition`` holds."""
         if not condition:
             raise ArtifactError(message)
+
+
+class ScoredMaskLayer(AdapterLayer):
+    """An adapter layer whose trainable state is real-valued mask scores (float32), and whose
+    frozen state is packed buffers: the bookkeeping piggyback and KSM share.
+
+    A trainable adapter lives in ``mask_scores[name]``; a loaded, frozen one in the buffer dicts
+    named by ``packed_stores``. ``adapter_settings[name]`` holds the method's per-adapter
+    settings and names the adapters the layer holds.
+    """
+
+    #: Attribute names of the :class:`BufferDict` s holding frozen adapters' packed state.
+    packed_stores: tuple[str, ...] = ()
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.mask_scores = nn.ParameterDict()
+        for store in self.packed_stores:
+            setattr(self, store, BufferDict())
+        self.adapter_settings: dict[str, tuple[Any, ...]] = {}
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Adapters this layer holds a mask for."""
+        return list(self.adapter_settings)
+
+    def delete_adapter(self, name: str) -> None:
+        """Drop adapter ``name``'s scores or packed state."""
+        for store in (self.mask_scores, *(getattr(self, s) for s in self.packed_stores)):
+            if name in store:
+                del store[name]
+        self.adapter_settings.pop(name, None)
+        if self.active_adapter == name:
+            self.set_adapter(None)
+
+    def is_trainable(self, name: str) -> bool:
+        """True while adapter ``name`` holds real-valued scores rather than packed state."""
+        return name in self.mask_scores
+
+    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
+        """The scores of adapter ``name`` (empty for a frozen, packed adapter)."""
+        return [self.mask_scores[name]] if name in self.mask_scores else []
+
+    def float32_parameters(self) -> list[nn.Parameter]:
+        """Every adapter's scores: they stay float32 under half-precision casts."""
+        return list(self.mask_scores.values())

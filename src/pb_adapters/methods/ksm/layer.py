@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ...serialization import count_zero_bits, pack_bits, packed_size, unpack_bits
-from ..base import AdapterLayer, BufferDict
+from ..base import ScoredMaskLayer
 from .config import KSMConfig
 
 __all__ = [
@@ -94,7 +94,7 @@ def dequantize_scales(codes: Tensor, scale_range: Tensor) -> Tensor:
     return scale_range[0] + codes.to(torch.float32) * scale_range[1]
 
 
-class KSMLayer(AdapterLayer):
+class KSMLayer(ScoredMaskLayer):
     """A Conv/Linear layer whose weight each adapter scales kernel by kernel.
 
     A trainable adapter holds one real-valued entry per kernel (``mask_scores[name]``, float32
@@ -107,20 +107,9 @@ class KSMLayer(AdapterLayer):
     encoding = "ksm-bitpack+u8"
     bit_plane_keys = ("mask",)
 
-    def __init__(self, base_layer: nn.Module) -> None:
-        super().__init__(base_layer)
-        self.mask_scores = nn.ParameterDict()
-        self.packed_masks = BufferDict()
-        self.scale_codes = BufferDict()
-        self.scale_ranges = BufferDict()
-        # name -> (mask_init, temperature, real_scale, block_size)
-        self.adapter_settings: dict[str, tuple[float, float, float, int]] = {}
-
-    # -- bookkeeping ------------------------------------------------------------------------
-    @property
-    def adapter_names(self) -> list[str]:
-        """Adapters this layer holds a mask for."""
-        return list(self.adapter_settings)
+    packed_stores = ("packed_masks", "scale_codes", "scale_ranges")
+    # name -> (mask_init, temperature, real_scale, block_size)
+    adapter_settings: dict[str, tuple[float, float, float, int]]
 
     @staticmethod
     def _settings(config: KSMConfig) -> tuple[float, float, float, int]:
@@ -150,27 +139,6 @@ class KSMLayer(AdapterLayer):
             device=weight.device,
         )
         self.mask_scores[name] = nn.Parameter(entries)
-
-    def delete_adapter(self, name: str) -> None:
-        """Drop every tensor of adapter ``name``."""
-        for store in (self.mask_scores, self.packed_masks, self.scale_codes, self.scale_ranges):
-            if name in store:
-                del store[name]
-        self.adapter_settings.pop(name, None)
-        if self.active_adapter == name:
-            self.set_adapter(None)
-
-    def is_trainable(self, name: str) -> bool:
-        """True while adapter ``name`` holds real-valued entries rather than packed ones."""
-        return name in self.mask_scores
-
-    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
-        """The mask entries of adapter ``name`` (empty for a frozen, packed adapter)."""
-        return [self.mask_scores[name]] if name in self.mask_scores else []
-
-    def float32_parameters(self) -> list[nn.Parameter]:
-        """Every adapter's mask entries: they stay float32 under half-precision casts."""
-        return list(self.mask_scores.values())
 
     def state_tensors(self, name: str) -> list[Tensor]:
         """The entries, or the packed planes, that adapter ``name``'s mask is computed from."""

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ...serialization import count_zero_bits, pack_bits, packed_size, unpack_bits
-from ..base import AdapterLayer, BufferDict
+from ..base import ScoredMaskLayer
 from .config import PiggybackConfig
 
 __all__ = ["PiggybackLayer", "binarize"]
@@ -39,7 +39,7 @@ def binarize(scores: Tensor, threshold: float, ternary: bool = False) -> Tensor:
     return _StraightThroughMask.apply(scores, threshold, ternary)
 
 
-class PiggybackLayer(AdapterLayer):
+class PiggybackLayer(ScoredMaskLayer):
     """A Conv/Linear layer whose weight each adapter masks elementwise.
 
     A trainable adapter holds one real-valued score per weight (``mask_scores[name]``, float32
@@ -51,18 +51,8 @@ class PiggybackLayer(AdapterLayer):
     encoding = "bitpack"
     bit_plane_keys = ("mask", "sign")
 
-    def __init__(self, base_layer: nn.Module) -> None:
-        super().__init__(base_layer)
-        self.mask_scores = nn.ParameterDict()
-        self.packed_masks = BufferDict()
-        self.packed_signs = BufferDict()
-        self.adapter_settings: dict[str, tuple[float, bool]] = {}  # name -> (threshold, ternary)
-
-    # -- bookkeeping ------------------------------------------------------------------------
-    @property
-    def adapter_names(self) -> list[str]:
-        """Adapters this layer holds a mask for."""
-        return list(self.adapter_settings)
+    packed_stores = ("packed_masks", "packed_signs")
+    adapter_settings: dict[str, tuple[float, bool]]  # name -> (threshold, ternary)
 
     def _settings(self, config: PiggybackConfig) -> tuple[float, bool]:
         return float(config.threshold), config.mask_type == "ternary"
@@ -77,23 +67,6 @@ class PiggybackLayer(AdapterLayer):
         self.mask_scores[name] = nn.Parameter(scores)
         self.adapter_settings[name] = self._settings(config)
 
-    def delete_adapter(self, name: str) -> None:
-        """Drop adapter ``name``'s scores or packed mask."""
-        for store in (self.mask_scores, self.packed_masks, self.packed_signs):
-            if name in store:
-                del store[name]
-        self.adapter_settings.pop(name, None)
-        if self.active_adapter == name:
-            self.set_adapter(None)
-
-    def is_trainable(self, name: str) -> bool:
-        """True while adapter ``name`` holds real-valued scores rather than a packed mask."""
-        return name in self.mask_scores
-
-    def trainable_parameters(self, name: str) -> list[nn.Parameter]:
-        """The score tensor of adapter ``name`` (empty for a frozen, packed adapter)."""
-        return [self.mask_scores[name]] if name in self.mask_scores else []
-
     def state_tensors(self, name: str) -> list[Tensor]:
         """The scores, or the packed planes, that adapter ``name``'s mask is computed from."""
         if name in self.mask_scores:
@@ -101,10 +74,6 @@ class PiggybackLayer(AdapterLayer):
         return [self.packed_masks[name]] + (
             [self.packed_signs[name]] if name in self.packed_signs else []
         )
-
-    def float32_parameters(self) -> list[nn.Parameter]:
-        """Every adapter's scores: they stay float32 under half-precision casts."""
-        return list(self.mask_scores.values())
 
     # -- the mask ---------------------------------------------------------------------------
     def mask(self, name: str) -> Tensor:
