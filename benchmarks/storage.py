@@ -48,8 +48,9 @@ from pb_adapters.mask_coding import (
     decode_bit_plane,
     encode_bit_plane,
 )
-from pb_adapters.serialization import count_zero_bits, read_adapter_config
+from pb_adapters.serialization import read_adapter_config
 from pb_adapters.training.demo import load_demo_backbone
+from pb_adapters.utils.bits import count_zero_bits
 
 ZERO_FRACTIONS = [0.005, 0.01, 0.05, 0.10, 0.20, 0.30]
 LOAD_ZERO_FRACTION = 0.10

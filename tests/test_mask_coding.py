@@ -34,9 +34,9 @@ from pb_adapters.methods.base import AdapterLayer
 from pb_adapters.serialization import (
     ARTIFACT_CONFIG_NAME,
     ARTIFACT_WEIGHTS_NAME,
-    pack_bits,
     read_adapter_config,
 )
+from pb_adapters.utils.bits import pack_bits
 from tests.factories import tiny_timm
 
 

@@ -14,13 +14,11 @@ from hypothesis import strategies as st
 from pb_adapters import ArtifactError, FormatVersionError
 from pb_adapters.serialization import (
     ARTIFACT_CONFIG_NAME,
-    atomic_write_bytes,
-    count_zero_bits,
     fingerprint_tensors,
-    pack_bits,
     read_adapter_config,
-    unpack_bits,
 )
+from pb_adapters.utils.bits import count_zero_bits, pack_bits, unpack_bits
+from pb_adapters.utils.files import atomic_write_bytes
 
 
 @settings(max_examples=200, deadline=None)

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .mask_coding import binary_entropy
-from .serialization import ARTIFACT_WEIGHTS_NAME, atomic_write_bytes, read_adapter_config
+from .registry import MethodSpec, get_method
+from .serialization import ARTIFACT_WEIGHTS_NAME, read_adapter_config
+from .utils.files import atomic_write_bytes
 
 __all__ = [
     "CARD_NAME",
@@ -43,42 +46,16 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _MAX_LABELS_SHOWN = 50
 _SCALAR_TYPES = (str, int, float, bool)
 
-_CITATIONS = {
-    "piggyback": (
-        "@inproceedings{mallya2018piggyback,\n"
-        "  title     = {Piggyback: Adapting a Single Network to Multiple Tasks by Learning to Mask"
-        " Weights},\n"
-        "  author    = {Mallya, Arun and Davis, Dillon and Lazebnik, Svetlana},\n"
-        "  booktitle = {European Conference on Computer Vision (ECCV)},\n"
-        "  year      = {2018}\n"
-        "}"
-    ),
-    "ksm": (
-        "@inproceedings{yang2021ksm,\n"
-        "  title     = {KSM: Fast Multiple Task Adaption via Kernel-wise Soft Mask Learning},\n"
-        "  author    = {Yang, Li and He, Zhezhi and Zhang, Junshan and Fan, Deliang},\n"
-        "  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},\n"
-        "  year      = {2021}\n"
-        "}"
-    ),
-    "packnet": (
-        "@inproceedings{mallya2018packnet,\n"
-        "  title     = {PackNet: Adding Multiple Tasks to a Single Network by Iterative Pruning},\n"
-        "  author    = {Mallya, Arun and Lazebnik, Svetlana},\n"
-        "  booktitle = {IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},\n"
-        "  year      = {2018}\n"
-        "}"
-    ),
-}
-
-# What the task learned, per method, as the card's first sentence says it; others get the default.
+# What the task learned when the artifact names a method this installation does not know.
 _DEFAULT_DESCRIPTION = "a learned mask over the frozen base weights"
-_DESCRIPTIONS = {
-    "ksm": (
-        "a learned kernel-wise soft mask over the frozen base weights (per kernel, a binary bit "
-        "plus an 8-bit real-valued scale)"
-    ),
-}
+
+
+def _method_spec(method: str | None) -> MethodSpec | None:
+    """The registry entry of ``method``; ``None`` for a method this installation does not know."""
+    try:
+        return get_method(method) if isinstance(method, str) else None
+    except ConfigError:
+        return None
 
 
 # ---------------------------------------------------------------------------- summary
@@ -143,7 +120,8 @@ class AdapterSummary:
     @property
     def description(self) -> str:
         """What the adapter learned, in words (depends on the method)."""
-        return _DESCRIPTIONS.get(self.method, _DEFAULT_DESCRIPTION)
+        spec = _method_spec(self.method)
+        return spec.description if spec is not None else _DEFAULT_DESCRIPTION
 
     @property
     def hub_base_model(self) -> str | None:
@@ -620,7 +598,8 @@ def _body(
         on = f" on {', '.join(summary.datasets)}" if summary.datasets else ""
         out += ["", "## Evaluation", "", f"Results{on}.", "", "| metric | value |", "|---|---|"]
         out += [f"| {_cell(k)} | {v:.4f} |" for k, v in metrics.items()]
-    citation = _CITATIONS.get(summary.method)
+    spec = _method_spec(summary.method)
+    citation = spec.citation if spec is not None else None
     if citation:
         out += ["", "## Citation", "", "```bibtex", citation, "```"]
     return "\n".join(out) + "\n"

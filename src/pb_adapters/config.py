@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import ConfigError
+from .registry import get_method
 
 __all__ = ["AdapterConfig"]
 
@@ -164,8 +165,6 @@ class AdapterConfig:
         method = data.get("method")
         target_cls: type[AdapterConfig] = cls
         if cls is AdapterConfig or cls.method != method:
-            from .methods import get_method  # local: methods import this module
-
             if not isinstance(method, str):
                 raise ConfigError(f"the config's 'method' must be a string, got {method!r}")
             target_cls = get_method(method).config_class

@@ -3,7 +3,7 @@
 Learned masks are mostly ones: a plane with a fraction ``p`` of zeros carries ``H(p)`` bits of
 information per bit (0.29 at ``p = 0.05``, 0.47 at ``p = 0.10``), well below the one bit that
 plain packing spends. This module codes one packed plane (``uint8``, 8 bits per byte, most
-significant bit first, as :func:`~pb_adapters.serialization.pack_bits` writes it) with an
+significant bit first, as :func:`~pb_adapters.utils.bits.pack_bits` writes it) with an
 asymmetric numeral systems (ANS) coder under an order-0 model, and decodes it back to the exact
 same bytes.
 

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import math
 import os
-import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,23 +54,12 @@ from .targeting import (
     model_family,
     resolve_target_modules,
 )
+from .utils.names import normalize_base_name, validate_adapter_name
 
 __all__ = ["BASE_ADAPTER_NAME", "AdapterInfo", "MaskStats", "PiggybackModel", "get_piggyback_model"]
 
 #: The name that stands for "no adapter, the plain base" in ``adapter_names=``.
 BASE_ADAPTER_NAME = "__base__"
-
-_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-
-
-def validate_adapter_name(name: Any) -> str:
-    """Refuse adapter names that could not be used as a folder or module key."""
-    if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name):
-        raise ConfigError(
-            f"invalid adapter name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a "
-            "letter or digit"
-        )
-    return name
 
 
 def _key(path: str) -> str:
@@ -88,12 +76,6 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
     setattr(parent, name, module)
-
-
-def _base_name_key(name: str) -> str:
-    """A base name without its ``@revision``, with timm's ``hf_hub:`` spelled ``hf-hub:``."""
-    name = name.split("@", 1)[0]
-    return "hf-hub:" + name[len("hf_hub:") :] if name.startswith("hf_hub:") else name
 
 
 def _module_tensors(module: nn.Module) -> dict[str, Tensor]:
@@ -554,22 +536,24 @@ class PiggybackModel(nn.Module):
     def parameter_groups(self, adapter_name: str | None = None) -> dict[str, list[nn.Parameter]]:
         """The trainable parameters of an adapter, grouped for separate learning rates.
 
-        Keys: ``"masks"`` (the method's layer parameters), ``"head"``, ``"norms"``, and
+        Keys: the method's layer group (``"masks"`` for mask methods, ``"weights"`` for PackNet:
+        its :attr:`~pb_adapters.registry.MethodSpec.layer_group`), ``"head"``, ``"norms"``, and
         ``"modules"`` (``modules_to_save``); empty groups are left out.
         """
         name = adapter_name or self.active_adapter
         if name is None:
             return {}
         self._require_adapter(name)
+        layer_group = get_method(self.peft_config[name].method).layer_group
         groups: dict[str, list[nn.Parameter]] = {
-            "masks": [],
+            layer_group: [],
             "head": [],
             "norms": [],
             "modules": [],
         }
         for _, layer in self.adapter_layers():
             if name in layer.adapter_names:
-                groups["masks"].extend(
+                groups[layer_group].extend(
                     p for p in layer.trainable_parameters(name) if p.requires_grad
                 )
         kind_to_group = {"head": "head", "norm": "norms", "module": "modules"}
@@ -1134,7 +1118,9 @@ class PiggybackModel(nn.Module):
         folder = resolve_adapter_folder(model_id, **hub_kwargs)
         if isinstance(model, str):
             recorded = read_adapter_config(folder)["base_model"]
-            same_base = _base_name_key(model) == _base_name_key(recorded.get("name_or_path") or "")
+            same_base = normalize_base_name(model) == normalize_base_name(
+                recorded.get("name_or_path") or ""
+            )
             pinned = "@" in model  # a revision in the name itself wins over the recorded one
             model = load_base_model(
                 model,

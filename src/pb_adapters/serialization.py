@@ -1,4 +1,4 @@
-"""The artifact format: bit packing, base fingerprints, and safe reading and writing.
+"""The artifact format: base fingerprints, and safe reading and writing.
 
 An artifact is a folder with ``adapter_config.json`` (what the adapter is and what it applies to)
 and ``adapter_model.safetensors`` (masks bit-packed as ``uint8`` or entropy-coded, head and norm
@@ -15,7 +15,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,25 +32,18 @@ from .mask_coding import (
     decode_bit_planes,
     encode_bit_planes,
 )
+from .utils.files import atomic_write_bytes, fsync_path
+from .utils.names import validate_adapter_name
 
 __all__ = [
     "ARTIFACT_CONFIG_NAME",
     "ARTIFACT_WEIGHTS_NAME",
     "FORMAT_VERSION",
     "SUPPORTED_FORMAT_VERSIONS",
-    "atomic_write_bytes",
-    "bits_for_values",
-    "count_zero_bits",
     "fingerprint_tensors",
-    "fsync_path",
     "iter_base_tensors",
-    "pack_bits",
-    "pack_uints",
-    "packed_size",
     "read_adapter_config",
     "read_adapter_tensors",
-    "unpack_bits",
-    "unpack_uints",
     "write_artifact",
 ]
 
@@ -63,8 +55,6 @@ FORMAT_VERSION = 2
 #: Every format version this release reads.
 SUPPORTED_FORMAT_VERSIONS = (1, 2)
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 # A config of thousands of modules and 21k labels is a few MiB; parsing JSON costs at most ~30x
 # its size in memory, so this also bounds what a hostile config can allocate.
 _MAX_CONFIG_BYTES = 8 * 1024 * 1024
@@ -73,74 +63,6 @@ _MAX_CONFIG_BYTES = 8 * 1024 * 1024
 _HEADER_ALLOWANCE = 1024 * 1024
 _HEADER_BYTES_PER_TENSOR = 4096
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-# Most significant bit first, as numpy.packbits does, so packed masks read the same in numpy.
-_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
-# Row b holds the 8 bits of byte b: unpacking is one table lookup per byte, ~30x faster on CPU
-# than shifting and masking every bit.
-_UNPACK_TABLE = (torch.arange(256, dtype=torch.uint8)[:, None] & _BIT_WEIGHTS) != 0
-_UNPACK_TABLES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-
-
-# ---------------------------------------------------------------------------- bit packing
-def packed_size(numel: int) -> int:
-    """Bytes needed to store ``numel`` bits."""
-    return (numel + 7) // 8
-
-
-def pack_bits(bits: Tensor) -> Tensor:
-    """Pack a boolean tensor (any shape, flattened in C order) into ``ceil(n/8)`` ``uint8`` bytes."""
-    flat = bits.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = _BIT_WEIGHTS.to(flat.device)
-    return (flat.view(-1, 8) * weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
-
-
-def unpack_bits(packed: Tensor, numel: int, dtype: torch.dtype = torch.bool) -> Tensor:
-    """Inverse of :func:`pack_bits`: a flat tensor of ``numel`` entries, 0/1 in ``dtype``."""
-    key = (dtype, packed.device)
-    table = _UNPACK_TABLES.get(key)
-    if table is None:
-        table = _UNPACK_TABLES[key] = _UNPACK_TABLE.to(device=packed.device, dtype=dtype)
-    return table.index_select(0, packed.reshape(-1).long()).reshape(-1)[:numel]
-
-
-def count_zero_bits(packed: Tensor, numel: int) -> int:
-    """Number of 0 bits among the first ``numel`` bits of a packed tensor, without unpacking."""
-    ones = int(_POPCOUNT.to(packed.device)[packed.reshape(-1).long()].sum())
-    return numel - ones  # padding bits are always 0, so they never count as ones
-
-
-def bits_for_values(count: int) -> int:
-    """Bits per entry that hold the integers ``0 .. count - 1``: ``ceil(log2(count))``, at least 1."""
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
-    return max(1, (count - 1).bit_length())
-
-
-def pack_uints(values: Tensor, bits: int) -> Tensor:
-    """Pack non-negative integers below ``2**bits`` into ``ceil(n * bits / 8)`` ``uint8`` bytes.
-
-    Each value is written as ``bits`` bits, most significant first, one value after the other
-    (flattened in C order); the padding bits of the last byte are 0.
-    """
-    if not 1 <= bits <= 16:
-        raise ValueError(f"bits must be in 1..16, got {bits}")
-    flat = values.reshape(-1).to(torch.int32)
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
-        raise ValueError(f"values must lie in 0..{(1 << bits) - 1}")
-    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.int32, device=flat.device)
-    return pack_bits(((flat[:, None] >> shifts) & 1).bool())
-
-
-def unpack_uints(packed: Tensor, numel: int, bits: int) -> Tensor:
-    """Inverse of :func:`pack_uints`: a flat ``int64`` tensor of ``numel`` values."""
-    planes = unpack_bits(packed, numel * bits, torch.int64).view(numel, bits)
-    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.int64, device=packed.device)
-    return (planes << shifts).sum(dim=1)
 
 
 # ---------------------------------------------------------------------------- fingerprints
@@ -196,23 +118,6 @@ def fingerprint_tensors(items: Iterable[tuple[str, Tensor]]) -> str:
 
 
 # ---------------------------------------------------------------------------- writing
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never a half file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp's 0600 would make shared artifacts unreadable
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-        fsync_path(path.parent)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _backup_path(folder: Path, weights_sha256: str) -> Path:
     """Where the weights named by ``weights_sha256`` are kept while a save replaces them."""
     return folder / f".{ARTIFACT_WEIGHTS_NAME}.{weights_sha256[:16]}.prev"
@@ -249,20 +154,6 @@ def _keep_previous_weights(folder: Path, new_sha256: str) -> None:
     except OSError:  # no hard links on this file system: copy instead
         shutil.copyfile(weights, tmp)
     os.replace(tmp, backup)
-
-
-def fsync_path(path: Path) -> None:
-    """Flush ``path`` (a file, or a folder's renames) to disk; a no-op where it cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_artifact(
@@ -405,7 +296,6 @@ def _validate_labels(data: dict[str, Any]) -> None:
 
 def _validate_tasks(data: dict[str, Any]) -> None:
     """The extra tasks of an artifact that stores several (methods with shared layer state)."""
-    from .model import validate_adapter_name  # local: the model imports this module
 
     tasks = data.get("tasks")
     if tasks is None:

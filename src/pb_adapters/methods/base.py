@@ -118,7 +118,7 @@ class AdapterLayer(nn.Module):
     #: How the adapter's state is encoded in artifacts, recorded per module.
     encoding: str = ""
     #: Keys of :meth:`export_adapter`'s tensors that are packed bit planes (1-D ``uint8``, as
-    #: :func:`~pb_adapters.serialization.pack_bits` writes them). The artifact writer
+    #: :func:`~pb_adapters.utils.bits.pack_bits` writes them). The artifact writer
     #: entropy-codes these where that is smaller, and the reader hands them back packed, so a
     #: method never sees the coding.
     bit_plane_keys: ClassVar[tuple[str, ...]] = ()

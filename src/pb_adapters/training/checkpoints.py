@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pb_adapters.serialization import fsync_path
+from pb_adapters.utils.files import fsync_path
 
 __all__ = ["clear_leftovers", "commit_folder", "complete_checkpoints", "remove_folder"]
 

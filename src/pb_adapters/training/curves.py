@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pb_adapters.serialization import atomic_write_bytes
+from pb_adapters.utils.files import atomic_write_bytes
 
 __all__ = ["CURVES_FILE_NAME", "plot_training_curves"]
 

@@ -49,7 +49,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pb_adapters.mask_coding import MASK_ENCODINGS
-from pb_adapters.serialization import atomic_write_bytes
+from pb_adapters.registry import get_method
 from pb_adapters.training.checkpoints import (
     clear_leftovers,
     commit_folder,
@@ -58,6 +58,7 @@ from pb_adapters.training.checkpoints import (
 )
 from pb_adapters.training.data import DatasetSplits, default_num_workers
 from pb_adapters.training.metrics import ClassificationMetrics
+from pb_adapters.utils.files import atomic_write_bytes
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -559,22 +560,27 @@ class PiggybackTrainer:
             return cfg[active]
         return None
 
-    # parameter group of the model -> the learning-rate field that drives it
-    _GROUP_LR_FIELD: dict[str, str] = {
-        "masks": "mask_lr",
-        "head": "head_lr",
-        "norms": "norm_lr",
-        "modules": "head_lr",
-    }
+    # TrainingArguments field that overrides a parameter group's learning rate; the method's
+    # own layer group (masks, PackNet's weights) is overridden by ``mask_lr``.
+    _GROUP_ARG_FIELD: dict[str, str] = {"head": "head_lr", "norms": "norm_lr", "modules": "head_lr"}
 
     def _lr(self, group: str) -> float:
-        """Learning rate of a parameter group: the argument, else the adapter config, else 1e-4."""
-        field_name = self._GROUP_LR_FIELD.get(group, "head_lr")
-        value = getattr(self.args, field_name, None)
+        """Learning rate of a parameter group: the argument, else the adapter config, else 1e-4.
+
+        Which config field holds a group's rate is the method's knowledge
+        (:attr:`~pb_adapters.registry.MethodSpec.lr_fields`).
+        """
+        config = self._adapter_config()
+        spec = get_method(config.method) if config is not None else None
+        own_group = spec is not None and group == spec.layer_group
+        value = getattr(
+            self.args, "mask_lr" if own_group else self._GROUP_ARG_FIELD.get(group, "head_lr")
+        )
         if value is not None:
             return float(value)
-        config = self._adapter_config()
-        return float(getattr(config, field_name, 1e-4) if config is not None else 1e-4)
+        if spec is None:
+            return 1e-4
+        return float(getattr(config, spec.lr_field(group), 1e-4))
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The optimiser's parameter groups for the current mode (also sets ``requires_grad``)."""

@@ -12,6 +12,8 @@ from pb_adapters import ArtifactError, BaseModelMismatchError, PackNetConfig, Pi
 from pb_adapters.serialization import (
     ARTIFACT_CONFIG_NAME,
     ARTIFACT_WEIGHTS_NAME,
+)
+from pb_adapters.utils.bits import (
     bits_for_values,
     pack_uints,
     packed_size,

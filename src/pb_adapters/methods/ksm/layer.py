@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ...serialization import count_zero_bits, pack_bits, packed_size, unpack_bits
+from ...utils.bits import count_zero_bits, pack_bits, packed_size, unpack_bits
 from ..base import ScoredMaskLayer
 from .config import KSMConfig
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ArtifactError, ConfigError
-from ...serialization import bits_for_values, pack_uints, packed_size, unpack_uints
+from ...utils.bits import bits_for_values, pack_uints, packed_size, unpack_uints
 from ..base import AdapterLayer, BufferDict
 from .config import PackNetConfig
 

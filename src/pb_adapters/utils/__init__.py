@@ -1,0 +1,4 @@
+"""Utilities below everything else in the package: bit packing, crash-safe files, names.
+
+Nothing here imports another part of :mod:`pb_adapters` except :mod:`pb_adapters.errors`.
+"""
