@@ -36,12 +36,11 @@ from .errors import (
 )
 from .heads import LabelState, copy_head, create_task_head, get_label_state, set_label_state
 from .hub import push_folder_to_hub, resolve_adapter_folder, validate_hub_target
-from .mask_coding import DEFAULT_MASK_ENCODING, binary_entropy, encode_bit_planes
+from .mask_coding import DEFAULT_MASK_ENCODING, encode_bit_planes, order0_entropy_bits
 from .methods import get_method
 from .methods.base import AdapterLayer, is_supported_layer
 from .serialization import (
     fingerprint_tensors,
-    iter_base_tensors,
     read_adapter_config,
     read_adapter_tensors,
     write_artifact,
@@ -50,6 +49,7 @@ from .targeting import (
     find_head_paths,
     find_norm_paths,
     is_norm_layer,
+    iter_base_tensors,
     match_module_names,
     model_family,
     resolve_target_modules,
@@ -596,7 +596,7 @@ class PiggybackModel(nn.Module):
                 stats.per_layer[path] = zeros / max(entries, 1)
                 stats.zeros += zeros
                 stats.num_masked += entries
-                stats.entropy_bits += entries * binary_entropy(zeros / max(entries, 1))
+                stats.entropy_bits += order0_entropy_bits(zeros, entries)
         stats.total = stats.zeros / max(stats.num_masked, 1)
         return stats
 
