@@ -61,8 +61,8 @@ class MethodSpec:
             summary`` that runs the method's own multi-phase training from the command line;
             ``None``: the standard single-run trainer.
         schedule_options: Options of the training command line that only the method's own
-            ``training_schedule`` reads: option name (``tasks`` for ``--tasks``) -> the keywords
-            of ``argparse``'s ``add_argument`` for it (``help``, ``nargs``, ``action``...).
+            ``training_schedule`` reads: the option (``"--tasks"``) -> the keywords of
+            ``argparse``'s ``add_argument`` for it (``help``, ``nargs``, ``action``...).
             Refused for every other method.
     """
 

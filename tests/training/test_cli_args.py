@@ -254,8 +254,8 @@ def test_every_method_option_comes_from_its_registry_entry() -> None:
             assert action.dest == name and name in fields
             assert action.default is None  # not given: the method's (or the demo's) default
             assert f"{method} {fields[name].default}" in action.help
-        for name in spec.schedule_options:
-            assert f"[--method {method}]" in _option(parser, "--" + name.replace("_", "-")).help
+        for flag in spec.schedule_options:
+            assert f"[--method {method}]" in _option(parser, flag).help
     assert _option(parser, "--mask-type").choices == ("binary", "ternary")
     assert _option(parser, "--block-size").type is int
     assert _option(parser, "--prune-ratio").type is float
@@ -292,6 +292,15 @@ def test_a_registered_method_brings_its_options(monkeypatch: pytest.MonkeyPatch)
         parse_train_args(parser, ["--sharpness", "3"])  # piggyback has no such field
     with pytest.raises(SystemExit):
         parse_train_args(parser, ["--method", "toy", "--threshold", "0.1"])
+
+
+def test_the_test_suites_toy_method_gets_its_option_by_registering() -> None:
+    import tests.methods.toy  # noqa: F401  (registers the toy method, as the conformance test)
+
+    argv = ["--method", "toy", "--model", "m", "--score-init", "0.5"]
+    ns = parse_train_args(build_train_parser(), argv)
+    config = adapter_config_from_args(ns, {0: "a"})
+    assert (config.method, config.score_init) == ("toy", 0.5)
 
 
 @pytest.mark.parametrize(

@@ -28,15 +28,12 @@ the batches the interrupted epoch had already used.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,10 +46,10 @@ from torch.utils.data import DataLoader, Dataset
 from pb_adapters.registry import get_method
 from pb_adapters.training.arguments import TRAIN_MODES, TrainingArguments, TrainMode, TrainResult
 from pb_adapters.training.checkpoints import (
-    clear_leftovers,
-    commit_folder,
-    complete_checkpoints,
-    remove_folder,
+    CHECKPOINTS_DIR,
+    latest_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
 )
 from pb_adapters.training.data import DatasetSplits, build_dataloader, default_eval_batch_size
 from pb_adapters.training.data.loaders import EpochSampler
@@ -65,12 +62,10 @@ from pb_adapters.training.modeling import (
     uses_pixel_values,
 )
 from pb_adapters.training.run_state import (
-    STATE_FILE,
     RunState,
     load_rng_state,
     rng_state,
     rng_state_file,
-    save_rng_state,
     set_rng_state,
 )
 from pb_adapters.utils.files import atomic_write_bytes
@@ -89,9 +84,6 @@ __all__ = [
     "prepare_baseline_model",
 ]
 
-#: Sub-folder of ``output_dir`` holding the training checkpoints.
-CHECKPOINTS_DIR = "checkpoints"
-
 
 def _tracker_values(record: dict[str, Any]) -> dict[str, float]:
     """A metrics-file record as tracker scalars: ``val_top1`` -> ``val/top1``."""
@@ -102,39 +94,6 @@ def _tracker_values(record: dict[str, Any]) -> dict[str, float]:
         split, _, metric = key.partition("_")
         values[f"{split}/{metric}" if metric and split in ("train", "val", "test") else key] = value
     return values
-
-
-class _SharedTaskModuleFilter(logging.Filter):
-    """Drops Accelerate's notice about the task head being registered under two names.
-
-    The active task's head (and norms) live both in the base model and in the wrapper's
-    ``task_modules``; Accelerate saves the tensor once and says so. That is expected here.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("Removed shared tensor" in message and "task_modules." in message)
-
-
-@contextlib.contextmanager
-def _quiet_shared_tensor_notice() -> Iterator[None]:
-    log = logging.getLogger("accelerate.utils.other")
-    notice_filter = _SharedTaskModuleFilter()
-    log.addFilter(notice_filter)
-    try:
-        yield
-    finally:
-        log.removeFilter(notice_filter)
-
-
-def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint under ``<output_dir>/checkpoints`` (None if there is none).
-
-    Folders still being written or deleted (``.tmp-*``, ``.old-*``) or missing the trainer's
-    JSON state are ignored.
-    """
-    done = complete_checkpoints(Path(output_dir) / CHECKPOINTS_DIR, STATE_FILE)
-    return done[-1] if done else None
 
 
 def make_accelerator(args: TrainingArguments) -> Any:
@@ -372,47 +331,16 @@ class PiggybackTrainer:
     # ---------------------------------------------------------------- checkpoints
     def resolve_checkpoint(self, reference: str | os.PathLike[str]) -> Path:
         """The checkpoint folder ``reference`` names: a path, or ``"latest"`` under ``output_dir``."""
-        if str(reference) == "latest":
-            found = latest_checkpoint(self.output_dir)
-            if found is None:
-                raise FileNotFoundError(
-                    f"no checkpoint to resume from in {self.output_dir / CHECKPOINTS_DIR}; "
-                    "train without resume_from_checkpoint first"
-                )
-            return found
-        path = Path(reference)
-        if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(
-                f"{path} is not a complete checkpoint (no {STATE_FILE}); pass a "
-                f"{CHECKPOINTS_DIR}/step-XXXXXXXX folder or 'latest'"
-            )
-        return path
+        return resolve_checkpoint(self.output_dir, reference)
 
     def _save_checkpoint(self, state: RunState) -> Path:
-        """Write a checkpoint under a temporary name, then rename it: a crash mid-save never
-        leaves a half-written folder that ``latest`` would pick."""
-        acc = self.accelerator
-        root = self.output_dir / CHECKPOINTS_DIR
-        name = f"step-{state.global_step:08d}"
-        tmp = root / f".tmp-{name}"
-        if acc.is_main_process:
-            clear_leftovers(root)  # folders of a killed save, never complete checkpoints
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        with _quiet_shared_tensor_notice():
-            acc.save_state(str(tmp))
-        save_rng_state(rng_state_file(tmp, acc.process_index))
-        if acc.is_main_process:
-            # the JSON state is written last: its presence marks a complete checkpoint
-            state.save(tmp, args=self.args.to_dict())
-            commit_folder(tmp, root / name)
-            limit = self.args.save_total_limit
-            done = complete_checkpoints(root, STATE_FILE)
-            if limit is not None:
-                for old in done[: max(0, len(done) - limit)]:
-                    remove_folder(old)
-        acc.wait_for_everyone()
-        return root / name
+        return save_checkpoint(
+            self.accelerator,
+            self.output_dir,
+            state,
+            args=self.args.to_dict(),
+            save_total_limit=self.args.save_total_limit,
+        )
 
     def _checkpoint_state(self, run: _Run, batches: int, *, unfinished: bool) -> RunState:
         """The run's state as a checkpoint records it: ``batches`` of the epoch done, and the

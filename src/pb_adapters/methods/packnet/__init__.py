@@ -28,17 +28,17 @@ _CLI_OPTIONS = {
 
 #: Options of PackNet's schedule (``pb_adapters.training.packnet``): argparse keywords.
 _SCHEDULE_OPTIONS = {
-    "tasks": {
+    "--tasks": {
         "nargs": "+",
         "metavar": "DATASET",
         "help": "datasets packed one after another into one network (e.g. demo demo-inverted "
         "demo-rotated); default: --dataset",
     },
-    "resume_packed": {
+    "--resume-packed": {
         "metavar": "FOLDER",
         "help": "add the tasks to this saved packed network instead of starting from the base",
     },
-    "keep_last_unpruned": {
+    "--keep-last-unpruned": {
         "action": "store_true",
         "help": "do not prune the last task (as the official code; leaves no room for more tasks)",
     },

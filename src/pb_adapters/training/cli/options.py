@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pb_adapters.config import AdapterConfig
+from pb_adapters.demo_base import DEMO_BASE_MODEL_ID
 from pb_adapters.errors import PbAdaptersError
 from pb_adapters.registry import MethodSpec, get_method
 from pb_adapters.training.arguments import TrainingArguments
-from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
 
 __all__ = [
     "BASELINE_METHODS",

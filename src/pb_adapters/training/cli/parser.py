@@ -278,6 +278,11 @@ class MethodOption:
         return f"{self.help} [--method {owners}]%(default).0s"
 
 
+def _dest(flag: str) -> str:
+    """``--resume-packed`` -> ``resume_packed``."""
+    return flag.lstrip("-").replace("-", "_")
+
+
 def _field_kwargs(spec: MethodSpec, name: str) -> dict[str, Any]:
     """``add_argument`` keywords for config field ``name``, from its type annotation."""
     config_class = spec.config_class
@@ -320,8 +325,9 @@ def _add_field_owner(options: dict[str, MethodOption], spec: MethodSpec, name: s
     option.owners[spec.name] = _field_default(spec, name)
 
 
-def _add_schedule_owner(options: dict[str, MethodOption], spec: MethodSpec, name: str) -> None:
-    kwargs = dict(spec.schedule_options[name])
+def _add_schedule_owner(options: dict[str, MethodOption], spec: MethodSpec, flag: str) -> None:
+    name = _dest(flag)
+    kwargs = dict(spec.schedule_options[flag])
     help_text = str(kwargs.pop("help", "")).replace("%", "%%")
     option = options.setdefault(name, MethodOption(name, kwargs, help_text))
     if kwargs.get("action") == "store_true":
@@ -342,9 +348,9 @@ def method_options(taken: set[str] | None = None) -> dict[str, MethodOption]:
         for name in spec.cli_options:
             if name not in taken:
                 _add_field_owner(options, spec, name)
-        for name in spec.schedule_options:
-            if name not in taken:
-                _add_schedule_owner(options, spec, name)
+        for flag in spec.schedule_options:
+            if _dest(flag) not in taken:
+                _add_schedule_owner(options, spec, flag)
     return options
 
 
@@ -393,7 +399,7 @@ def _check_run_options(ns: argparse.Namespace, spec: MethodSpec | None) -> None:
     if ns.train_norms and spec is None:
         raise TrainOptionError(f"--train-norms applies to adapter methods, not to {method}")
     if ns.mask_encoding is not None and (spec is None or not spec.layer_class.bit_plane_keys):
-        what = "saves no adapter artifact" if spec is None else "stores no mask bit planes"
+        what = "saves no adapter artifact" if spec is None else "stores no masks to encode"
         raise TrainOptionError(f"--mask-encoding does not apply to --method {method}: it {what}")
     if ns.resume and spec is not None and spec.training_schedule is not None:
         raise TrainOptionError(

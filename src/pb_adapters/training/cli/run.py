@@ -18,12 +18,14 @@ import importlib
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from pb_adapters.demo_base import load_demo_backbone
 from pb_adapters.training.arguments import TrainResult
 from pb_adapters.training.cli.options import (
     adapter_config_from_args,
@@ -61,8 +63,6 @@ def create_backbone(
     re-created model.
     """
     if name is None:
-        from pb_adapters.training.demo import load_demo_backbone
-
         return load_demo_backbone()
     if seed is not None:
         torch.manual_seed(seed)
@@ -169,7 +169,7 @@ def run_training(
     result = trainer.train()
     summary = _summary(ns, trainer, splits, result)
     if args.train_mode == "adapter":
-        _report_adapter(ns, trainer, splits, result, summary, say)
+        _Report(ns, trainer, splits, result, summary, say).adapter()
     return _finish(summary, t0, acc, say)
 
 
@@ -215,95 +215,85 @@ def _summary(
     }
 
 
-def _report_adapter(
-    ns: argparse.Namespace,
-    trainer: PiggybackTrainer,
-    splits: DatasetSplits,
-    result: TrainResult,
-    summary: dict[str, Any],
-    say: Callable[..., None],
-) -> None:
-    """Mask sparsity, artifact size and the reload check, into ``summary`` and printed."""
-    model = trainer.model
-    stats = model.mask_stats()
-    masked = int(model.adapter_size()["masked_weights"])
-    summary["mask_zeros_fraction"] = stats.total
-    summary["num_masked_weights"] = masked
-    # One entry per weight (piggyback) or per kernel (KSM): zeros are counted per entry.
-    summary["num_mask_entries"] = stats.num_masked
-    if stats.num_masked == masked:
-        say(f"mask: {stats.total:.2%} of {masked:,} masked weights are zero")
-    else:
-        say(
-            f"mask: {stats.total:.2%} of {stats.num_masked:,} mask entries are zero "
-            f"({masked:,} masked weights)"
+@dataclass
+class _Report:
+    """What a finished single run reports, into its summary and printed with ``say``."""
+
+    ns: argparse.Namespace
+    trainer: PiggybackTrainer
+    splits: DatasetSplits
+    result: TrainResult
+    summary: dict[str, Any]
+    say: Callable[..., None]
+
+    def adapter(self) -> None:
+        """Mask sparsity, artifact size and the reload check."""
+        model, summary, say = self.trainer.model, self.summary, self.say
+        stats = model.mask_stats()
+        masked = int(model.adapter_size()["masked_weights"])
+        summary["mask_zeros_fraction"] = stats.total
+        summary["num_masked_weights"] = masked
+        # One entry per weight (piggyback) or per kernel (KSM): zeros are counted per entry.
+        summary["num_mask_entries"] = stats.num_masked
+        if stats.num_masked == masked:
+            say(f"mask: {stats.total:.2%} of {masked:,} masked weights are zero")
+        else:
+            say(
+                f"mask: {stats.total:.2%} of {stats.num_masked:,} mask entries are zero "
+                f"({masked:,} masked weights)"
+            )
+        if self.result.artifact_dir is None:
+            return
+        self.artifact(self.result.artifact_dir, stats.entropy_bits, masked)
+        if not self.ns.no_reload_check:
+            self.reload_check()
+
+    def artifact(self, folder: Path, entropy_bits: float, masked: int) -> None:
+        """The artifact's files and the bits it spends per masked weight."""
+        summary, trainer = self.summary, self.trainer
+        files = _artifact_bytes(folder)
+        total = sum(files.values())
+        size = trainer.model.adapter_size(mask_encoding=trainer.args.mask_encoding)
+        weights_bytes = files.get("adapter_model.safetensors", 0)
+        summary["artifact_bytes"] = total
+        summary["artifact_files"] = files
+        summary["mask_bytes"] = int(size["mask_bytes"])
+        summary["head_bytes"] = int(size["module_bytes"])
+        # masks alone, and everything stored per task (masks + head + encoding overhead)
+        summary["mask_bits_per_masked_weight"] = float(size["bits_per_masked_weight"])
+        summary["packed_mask_bits_per_masked_weight"] = float(size["packed_bits_per_masked_weight"])
+        summary["mask_entropy_bits_per_masked_weight"] = entropy_bits / max(masked, 1)
+        summary["bits_per_masked_weight"] = 8 * weights_bytes / max(masked, 1)
+        self.say(
+            f"artifact: {folder} ({total:,} bytes: "
+            + ", ".join(f"{k} {v:,}" for k, v in files.items())
+            + ")"
         )
-    if result.artifact_dir is None:
-        return
-    _report_artifact(trainer, result.artifact_dir, stats, masked, summary, say)
-    if not ns.no_reload_check:
-        _reload_check(ns, trainer, splits, result, summary, say)
+        self.say(
+            f"size per task: masks {summary['mask_bytes']:,} bytes "
+            f"({summary['mask_bits_per_masked_weight']:.3f} bits per masked weight as stored, "
+            f"{summary['packed_mask_bits_per_masked_weight']:.3f} bit-packed, entropy "
+            f"{summary['mask_entropy_bits_per_masked_weight']:.3f}), head "
+            f"{summary['head_bytes']:,} bytes; adapter_model.safetensors = "
+            f"{summary['bits_per_masked_weight']:.3f} bits per masked weight"
+        )
 
+    def reload_check(self) -> None:
+        """Load the saved artifact onto a freshly created backbone; it must score the same."""
+        from pb_adapters import PiggybackModel
 
-def _report_artifact(
-    trainer: PiggybackTrainer,
-    folder: Path,
-    stats: Any,
-    masked: int,
-    summary: dict[str, Any],
-    say: Callable[..., None],
-) -> None:
-    files = _artifact_bytes(folder)
-    total = sum(files.values())
-    size = trainer.model.adapter_size(mask_encoding=trainer.args.mask_encoding)
-    weights_bytes = files.get("adapter_model.safetensors", 0)
-    summary["artifact_bytes"] = total
-    summary["artifact_files"] = files
-    summary["mask_bytes"] = int(size["mask_bytes"])
-    summary["head_bytes"] = int(size["module_bytes"])
-    # masks alone, and everything stored per task (masks + head + encoding overhead)
-    summary["mask_bits_per_masked_weight"] = float(size["bits_per_masked_weight"])
-    summary["packed_mask_bits_per_masked_weight"] = float(size["packed_bits_per_masked_weight"])
-    summary["mask_entropy_bits_per_masked_weight"] = stats.entropy_bits / max(masked, 1)
-    summary["bits_per_masked_weight"] = 8 * weights_bytes / max(masked, 1)
-    say(
-        f"artifact: {folder} ({total:,} bytes: "
-        + ", ".join(f"{k} {v:,}" for k, v in files.items())
-        + ")"
-    )
-    say(
-        f"size per task: masks {summary['mask_bytes']:,} bytes "
-        f"({summary['mask_bits_per_masked_weight']:.3f} bits per masked weight as stored, "
-        f"{summary['packed_mask_bits_per_masked_weight']:.3f} bit-packed, entropy "
-        f"{summary['mask_entropy_bits_per_masked_weight']:.3f}), head "
-        f"{summary['head_bytes']:,} bytes; adapter_model.safetensors = "
-        f"{summary['bits_per_masked_weight']:.3f} bits per masked weight"
-    )
-
-
-def _reload_check(
-    ns: argparse.Namespace,
-    trainer: PiggybackTrainer,
-    splits: DatasetSplits,
-    result: TrainResult,
-    summary: dict[str, Any],
-    say: Callable[..., None],
-) -> None:
-    """Load the saved artifact onto a freshly created backbone; it must score the same."""
-    from pb_adapters import PiggybackModel
-
-    acc = trainer.accelerator
-    acc.wait_for_everyone()
-    fresh = _create_run_backbone(ns)
-    reloaded = PiggybackModel.from_pretrained(fresh, result.artifact_dir).to(acc.device)
-    again = trainer.evaluate(splits.test, model=reloaded)
-    summary["reloaded_test_accuracy"] = again["top1"]
-    same = abs(again["top1"] - result.test["top1"]) < 1e-12
-    summary["reload_matches"] = same
-    say(
-        f"reloaded onto a fresh backbone: test top-1 {again['top1']:.2%} "
-        f"(after training {result.test['top1']:.2%}) -> {'identical' if same else 'DIFFERENT'}"
-    )
+        acc, result = self.trainer.accelerator, self.result
+        acc.wait_for_everyone()
+        fresh = _create_run_backbone(self.ns)
+        reloaded = PiggybackModel.from_pretrained(fresh, result.artifact_dir).to(acc.device)
+        again = self.trainer.evaluate(self.splits.test, model=reloaded)
+        self.summary["reloaded_test_accuracy"] = again["top1"]
+        same = abs(again["top1"] - result.test["top1"]) < 1e-12
+        self.summary["reload_matches"] = same
+        self.say(
+            f"reloaded onto a fresh backbone: test top-1 {again['top1']:.2%} (after training "
+            f"{result.test['top1']:.2%}) -> {'identical' if same else 'DIFFERENT'}"
+        )
 
 
 def _finish(

@@ -77,6 +77,60 @@ def _labelled_rows(
     return rows, labels
 
 
+def _read_splits(name_or_path: str, config_name: str | None, **load_kwargs: Any) -> dict[str, Any]:
+    """Our split name -> the ``datasets.Dataset`` of that split (``train`` always there)."""
+    import datasets
+
+    path = Path(name_or_path)
+    if path.is_dir() and is_saved_hf_dataset(path):
+        loaded = datasets.load_from_disk(str(path))
+    else:
+        loaded = datasets.load_dataset(name_or_path, config_name, **load_kwargs)
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    splits: dict[str, Any] = {}
+    for ours, theirs in _HF_SPLIT_NAMES.items():
+        for t in theirs:
+            if t in loaded:
+                splits[ours] = loaded[t]
+                break
+    if "train" not in splits:
+        raise DataError(f"{name_or_path} has splits {list(loaded)} but none named 'train'")
+    return splits
+
+
+def _check_columns(splits: dict[str, Any], image_col: str, label_col: str) -> None:
+    """Every split has both columns and labels its rows the way the train split does."""
+    label_feature = splits["train"].features[label_col]
+    for split, ds in splits.items():
+        if image_col not in ds.features or label_col not in ds.features:
+            raise DataError(
+                f"the {split} split has no {image_col!r} or {label_col!r} column; its columns "
+                f"are {list(ds.features)}"
+            )
+        if ds.features[label_col] != label_feature:
+            raise DataError(
+                f"the {split} split's {label_col!r} column ({ds.features[label_col]}) does not "
+                f"match the train split's ({label_feature}): class indices would mean other classes"
+            )
+
+
+def _label_names(splits: dict[str, Any], label_col: str) -> tuple[list[str], dict[Any, int]]:
+    """Class names, and label value -> class index: a ``ClassLabel``'s own names, else every
+    usable value of any split in sorted order."""
+    import datasets
+
+    label_feature = splits["train"].features[label_col]
+    if isinstance(label_feature, datasets.ClassLabel):
+        names = list(label_feature.names)
+        return names, {i: i for i in range(len(names))}
+    values = sorted(
+        {v for ds in splits.values() for v in ds[label_col] if _usable_label(v)},
+        key=lambda v: (str(type(v)), v),
+    )
+    return [str(v) for v in values], {v: i for i, v in enumerate(values)}
+
+
 def load_hf_datasets(
     name_or_path: str,
     *,
@@ -97,48 +151,12 @@ def load_hf_datasets(
     like ``image``/``label``). ``ClassLabel`` names become ``id2label``; other label values
     (strings or integers) are mapped in sorted order.
     """
-    import datasets
-
-    path = Path(name_or_path)
-    if path.is_dir() and is_saved_hf_dataset(path):
-        loaded = datasets.load_from_disk(str(path))
-    else:
-        loaded = datasets.load_dataset(name_or_path, config_name, **load_kwargs)
-    if isinstance(loaded, datasets.Dataset):
-        loaded = datasets.DatasetDict({"train": loaded})
-    splits: dict[str, Any] = {}
-    for ours, theirs in _HF_SPLIT_NAMES.items():
-        for t in theirs:
-            if t in loaded:
-                splits[ours] = loaded[t]
-                break
-    if "train" not in splits:
-        raise DataError(f"{name_or_path} has splits {list(loaded)} but none named 'train'")
+    splits = _read_splits(name_or_path, config_name, **load_kwargs)
     features = splits["train"].features
     image_col = _find_column(features, image_column, "image")
     label_col = _find_column(features, label_column, "label")
-    label_feature = features[label_col]
-    for split, ds in splits.items():  # every split must label its rows the same way
-        if image_col not in ds.features or label_col not in ds.features:
-            raise DataError(
-                f"the {split} split has no {image_col!r} or {label_col!r} column; its columns "
-                f"are {list(ds.features)}"
-            )
-        if ds.features[label_col] != label_feature:
-            raise DataError(
-                f"the {split} split's {label_col!r} column ({ds.features[label_col]}) does not "
-                f"match the train split's ({label_feature}): class indices would mean other classes"
-            )
-    if isinstance(label_feature, datasets.ClassLabel):
-        names = list(label_feature.names)
-        lookup: dict[Any, int] = {i: i for i in range(len(names))}
-    else:
-        values = sorted(
-            {v for ds in splits.values() for v in ds[label_col] if _usable_label(v)},
-            key=lambda v: (str(type(v)), v),
-        )
-        names = [str(v) for v in values]
-        lookup = {v: i for i, v in enumerate(values)}
+    _check_columns(splits, image_col, label_col)
+    names, lookup = _label_names(splits, label_col)
     wrapped = {}
     for split, ds in splits.items():
         rows, labels = _labelled_rows(ds[label_col], lookup, f"{split} split", strict)
@@ -148,5 +166,6 @@ def load_hf_datasets(
     train, validation, test = complete_splits(
         wrapped, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, notes=notes
     )
+    path = Path(name_or_path)
     name = path.name if path.is_dir() else name_or_path
     return DatasetSplits(train, validation, test, dict(enumerate(names)), name=name, notes=notes)
