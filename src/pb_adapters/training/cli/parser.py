@@ -336,7 +336,7 @@ def _add_schedule_owner(options: dict[str, MethodOption], spec: MethodSpec, flag
 
 
 def method_options(taken: set[str] | None = None) -> dict[str, MethodOption]:
-    """Every option some registered method adds (``dest`` -> option), in registry order.
+    """Every option some registered method adds (``dest`` -> option), method by method.
 
     Config fields named like a run option (``taken``: default, every run option) are left out:
     that option serves them.
