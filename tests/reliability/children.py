@@ -7,6 +7,7 @@ milliseconds instead of a fresh interpreter's seconds of imports.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,11 @@ def write_image_folder(root: Path, classes: int = 2, per_class: int = 10) -> Pat
     return root
 
 
-def make_trainer(data: str, out: str, resume: str | None = None) -> PiggybackTrainer:
-    """The trainer of the kill test: 2 epochs x 4 steps, a checkpoint after every step."""
+def make_trainer(
+    data: str, out: str, resume: str | None = None, **overrides: Any
+) -> PiggybackTrainer:
+    """The trainer of the kill test: 2 epochs x 4 steps, a checkpoint after every step (other
+    :class:`TrainingArguments` values in ``overrides``)."""
     splits = load_image_folder(data, val_fraction=0.2, test_fraction=0.0, seed=0)
     config = DataConfig(image_size=16, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)
     splits.set_transforms(*build_transforms(data_config=config, hflip=True))
@@ -83,8 +87,9 @@ def make_trainer(data: str, out: str, resume: str | None = None) -> PiggybackTra
         disable_progress_bar=True,
         save_artifact=False,
         resume_from_checkpoint=resume,
+        report_to="none",
     )
-    return PiggybackTrainer(model, args, splits=splits)
+    return PiggybackTrainer(model, replace(args, **overrides), splits=splits)
 
 
 def trained_state(trainer: PiggybackTrainer) -> dict[str, torch.Tensor]:

@@ -1,5 +1,8 @@
 """Processes killed with SIGKILL at random points: saves and training resume safely.
 
+After every kill of a training run, the newest complete checkpoint must pass all the checks a
+resume makes (manifest sizes and hashes, names, dtypes, shapes) without falling back.
+
 ``PB_KILL_ROUNDS`` sets how many children each test kills (default 12 saves, 3 training runs).
 """
 
@@ -137,5 +140,9 @@ def test_training_killed_at_random_steps_resumes_bit_exact(ctx, tmp_path: Path) 
         )
         where = "finished" if log.exists() else "mid-checkpoint" if mid_write else "mid-step"
         kills.append((_step(out), where))
+        # the newest complete checkpoint passes every check of a resume (no fallback needed)
+        probe = children.make_trainer(data, str(out), "latest")
+        probe.setup()
+        assert probe._run is not None and probe._run.state.global_step == _step(out)
     finish(out)
     print(f"training kills (newest checkpoint step, where): {kills}; runs resumed: {chain + 1}")

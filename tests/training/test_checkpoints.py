@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,10 @@ import torch
 
 import pb_adapters.training.trainer as trainer_module
 from pb_adapters import PiggybackConfig, get_piggyback_model
+from pb_adapters.errors import ConfigError
 from pb_adapters.training.data import DataConfig, build_transforms
 from pb_adapters.training.demo import load_demo_dataset
+from pb_adapters.training.errors import CheckpointError
 from pb_adapters.training.trainer import PiggybackTrainer, TrainingArguments, latest_checkpoint
 from tests.factories import tiny_timm
 
@@ -110,12 +113,13 @@ def test_resume_is_bit_exact(splits, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_resume_errors(splits, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
         _trainer(splits, tmp_path / "a", resume_from_checkpoint="latest").train()
     (tmp_path / "half").mkdir()
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         _trainer(splits, tmp_path / "a", resume_from_checkpoint=str(tmp_path / "half")).train()
-    with pytest.raises(ValueError, match="save_steps"):
+    assert not (tmp_path / "a").exists()  # a refused resume writes nothing
+    with pytest.raises(ConfigError, match="save_steps"):
         TrainingArguments(save_steps=0)
 
 
@@ -135,3 +139,84 @@ def test_resume_with_gradient_accumulation(splits, tmp_path: Path) -> None:
         resumed.args.batch_size = 8
         resumed.train()
         assert _same(_trained(resumed), expected), name
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resume_falls_back_past_a_corrupt_or_incomplete_newest_checkpoint(
+    splits, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kwargs = {"save_steps": 1, "save_total_limit": None}
+    ref = _trainer(splits, tmp_path / "ref", **kwargs)
+    ref.train()
+    expected = _trained(ref)
+    capsys.readouterr()
+
+    def damaged(name: str, damage) -> Path:
+        """The reference's folder as a run killed after step 5 left it, step 5 damaged."""
+        out = tmp_path / name
+        shutil.copytree(tmp_path / "ref", out)
+        shutil.rmtree(out / "checkpoints" / "step-00000006")
+        damage(out / "checkpoints" / "step-00000005")
+        return out
+
+    def flip_a_byte(folder: Path) -> None:
+        data = bytearray((folder / "model.safetensors").read_bytes())
+        data[len(data) // 2] ^= 0x10
+        (folder / "model.safetensors").write_bytes(bytes(data))
+
+    cases = {
+        "corrupt": (flip_a_byte, "does not match its recorded hash"),
+        "missing": (lambda f: (f / "optimizer.safetensors").unlink(), "is missing"),
+    }
+    for name, (damage, reason) in cases.items():
+        out = damaged(name, damage)
+        resumed = _trainer(splits, out, resume_from_checkpoint="latest", **kwargs)
+        resumed.train()
+        said = capsys.readouterr().out
+        assert "step-00000005" in said and reason in said, said
+        assert f"falling back to the previous complete checkpoint, {out}" in said
+        assert "step-00000004" in said and "resumed from" in said
+        assert _same(_trained(resumed), expected), name  # as if never interrupted
+
+    # no usable checkpoint at all: refused, and the run's files are left as they were
+    out = damaged("none usable", flip_a_byte)
+    for folder in (out / "checkpoints").glob("step-*"):
+        (folder / "scheduler.json").write_text("{}")
+    before = _files(out)
+    with pytest.raises(CheckpointError, match="no usable checkpoint to resume from"):
+        _trainer(splits, out, resume_from_checkpoint="latest", **kwargs).train()
+    assert _files(out) == before
+    # an explicit path gets no fallback
+    with pytest.raises(CheckpointError, match="recorded hash"):
+        path = out / "checkpoints" / "step-00000005"
+        _trainer(splits, out, resume_from_checkpoint=str(path), **kwargs).train()
+    assert _files(out) == before
+
+
+def test_checkpoints_hold_only_safetensors_and_json(splits, tmp_path: Path) -> None:
+    _trainer(splits, tmp_path / "run").train()
+    folder = latest_checkpoint(tmp_path / "run")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [
+        "best_state.safetensors",
+        "model.safetensors",
+        "optimizer.json",
+        "optimizer.safetensors",
+        "rng_state_0.safetensors",
+        "scheduler.json",
+        "trainer_state.json",
+    ]
+    for name in names:  # no pickle stream (protocol 2+ starts with 0x80) and no zip archive
+        head = (folder / name).read_bytes()[:4]
+        assert head[:1] != b"\x80" and head != b"PK\x03\x04", name
+    state = json.loads((folder / "trainer_state.json").read_text())
+    assert sorted(state["files"]) == [n for n in names if n != "trainer_state.json"]
+    index = json.loads((folder / "optimizer.json").read_text())
+    assert index["class"] == "Adam"
+    assert [g["hyperparameters"]["name"] for g in index["param_groups"]] == ["masks", "head"]
+    some = next(iter(index["state"]))
+    assert index["state"][some] == ["exp_avg", "exp_avg_sq", "step"]
+    assert some in index["param_groups"][0]["params"] + index["param_groups"][1]["params"]

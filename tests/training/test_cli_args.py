@@ -13,6 +13,7 @@ import pytest
 
 from pb_adapters import PiggybackConfig
 from pb_adapters.config import AdapterConfig
+from pb_adapters.errors import ConfigError
 from pb_adapters.registry import available_methods, get_method
 from pb_adapters.serialization import read_adapter_config
 from pb_adapters.training.cli import (
@@ -127,8 +128,9 @@ def test_transformers_model_from_a_local_folder(tmp_path: Path) -> None:
 
 
 def test_unknown_names_go_to_transformers_and_fail_offline() -> None:
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match="cannot create the model") as caught:
         create_backbone("no-such-org/no-such-model-pb-adapters", library="auto")
+    assert isinstance(caught.value.__cause__, OSError)  # transformers found nothing offline
 
 
 def test_example_script_help() -> None:

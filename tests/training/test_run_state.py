@@ -9,12 +9,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pb_adapters.training.checkpoint_io import CheckpointReader, file_manifest
 from pb_adapters.training.run_state import (
     BEST_STATE_FILE,
     STATE_FILE,
     RunState,
-    load_rng_state,
+    read_rng_state,
+    rng_state,
+    rng_state_file,
     save_rng_state,
+    set_rng_state,
 )
 
 
@@ -30,17 +34,26 @@ def test_the_state_round_trips_through_json_and_safetensors(tmp_path: Path) -> N
     data = json.loads((tmp_path / STATE_FILE).read_text())
     assert data["args"] == {"seed": 0} and data["best_key"] == [0.5, -0.9]
     assert "best_state" not in data and (tmp_path / BEST_STATE_FILE).is_file()
-    loaded = RunState.load(tmp_path)
+    assert set(data["files"]) == {BEST_STATE_FILE}  # the manifest: size and hash of each file
+    loaded = RunState.from_checked_dict(data)
     assert loaded == state  # every JSON field (best_state is compared apart)
-    assert torch.equal(loaded.best_state["head.weight"], state.best_state["head.weight"])
+    reader = CheckpointReader(tmp_path, data["files"])
+    tensors, _ = reader.tensors(BEST_STATE_FILE, "best state", {"head.weight": (None, (3, 2))})
+    assert torch.equal(tensors["head.weight"], state.best_state["head.weight"])
     assert RunState.from_dict({**data, "unknown": 1}) == state
 
 
 def test_random_states_are_saved_without_pickle(tmp_path: Path) -> None:
-    path = tmp_path / "rng.safetensors"
+    name = rng_state_file(0)
     torch.manual_seed(1), random.seed(1), np.random.seed(1)
-    save_rng_state(path)
+    save_rng_state(tmp_path / name)
     expected = (torch.rand(3), random.random(), np.random.rand())
-    load_rng_state(path)
+    reader = CheckpointReader(tmp_path, file_manifest(tmp_path, [name]))
+    before = rng_state()
+    state = read_rng_state(reader, 0)
+    after = rng_state()  # reading (and checking on throwaway generators) changed nothing
+    assert torch.equal(before["torch"], after["torch"]) and before["python"] == after["python"]
+    assert (before["numpy"][1] == after["numpy"][1]).all()
+    set_rng_state(state)
     again = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(again[0], expected[0]) and again[1:] == expected[1:]

@@ -33,6 +33,7 @@ from pb_adapters.training.demo import (
     load_demo_dataset,
     read_demo_mnist,
 )
+from pb_adapters.training.errors import CheckpointError, DivergenceError, OutputError
 from pb_adapters.training.metrics import ClassificationMetrics, topk_correct
 from pb_adapters.training.trainer import (
     PiggybackTrainer,
@@ -43,12 +44,15 @@ from pb_adapters.training.trainer import (
 )
 
 __all__ = [
+    "CheckpointError",
     "ClassificationMetrics",
     "DataConfig",
     "DataError",
     "DatasetSplits",
     "DemoResourceError",
+    "DivergenceError",
     "ImageClassificationDataset",
+    "OutputError",
     "PiggybackTrainer",
     "TrainResult",
     "Trainer",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
+from pb_adapters.errors import ConfigError
 from pb_adapters.mask_coding import MASK_ENCODINGS
 
-__all__ = ["TRAIN_MODES", "TrainMode", "TrainResult", "TrainingArguments"]
+__all__ = ["TRAIN_MODES", "TrainMode", "TrainResult", "TrainingArguments", "check_rate"]
 
 TrainMode = Literal["adapter", "finetune", "head"]
 #: The supported values of ``TrainingArguments.train_mode``.
@@ -67,6 +71,15 @@ class TrainingArguments:
             card and the training curves to at the end (adapter mode; the token comes from
             ``huggingface-cli login`` or ``HF_TOKEN``).
         hub_private: create the repository private (only used when it does not exist yet).
+        divergence_check: stop the run with a
+            :class:`~pb_adapters.training.errors.DivergenceError` (and save no artifact) when
+            the training loss becomes non-finite or exceeds ``divergence_factor`` times the
+            first epoch's mean (at least the loss of guessing uniformly, ``ln(classes)``).
+        divergence_factor: how far the loss may rise above that reference.
+
+    Raises:
+        ConfigError: a value out of range (learning rates must be finite, not negative and
+            representable in float32).
     """
 
     output_dir: str = "outputs/run"
@@ -103,37 +116,78 @@ class TrainingArguments:
     logging_steps: int = 10
     push_to_hub: str | None = None
     hub_private: bool | None = None
+    divergence_check: bool = True
+    divergence_factor: float = 1e4
 
     def __post_init__(self) -> None:
         if self.train_mode not in TRAIN_MODES:
-            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
+            raise ConfigError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
         if self.mask_encoding not in MASK_ENCODINGS:
-            raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}")
+            raise ConfigError(f"mask_encoding must be one of {MASK_ENCODINGS}")
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
         if self.lr_scheduler not in ("step", "cosine", "constant"):
-            raise ValueError(
+            raise ConfigError(
                 f"lr_scheduler must be step, cosine or constant, got {self.lr_scheduler!r}"
             )
-        for name in ("num_epochs", "batch_size", "gradient_accumulation_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError("max_steps_per_epoch must be >= 1 or None")
-        if int(self.logging_steps) < 1:
-            raise ValueError(f"logging_steps must be >= 1, got {self.logging_steps!r}")
+        for name in ("num_epochs", "batch_size", "gradient_accumulation_steps", "logging_steps"):
+            _check_count(name, getattr(self, name))
+        for name in ("max_steps_per_epoch", "save_steps", "save_total_limit"):
+            if getattr(self, name) is not None:
+                _check_count(name, getattr(self, name), "or None")
         if self.push_to_hub is not None and self.train_mode != "adapter":
-            raise ValueError(
+            raise ConfigError(
                 "push_to_hub uploads an adapter artifact: it needs train_mode='adapter'"
             )
-        for name in ("save_steps", "save_total_limit"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {value!r}")
+        for name in _RATES:
+            if getattr(self, name) is not None:
+                check_rate(name, getattr(self, name))
+        if not self.divergence_factor > 1:
+            raise ConfigError(f"divergence_factor must be > 1, got {self.divergence_factor!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The arguments as a JSON-ready dict."""
         return asdict(self)
+
+
+# Fields holding rates and factors: finite, not negative, representable in float32.
+_RATES = (
+    "mask_lr",
+    "head_lr",
+    "norm_lr",
+    "backbone_lr",
+    "weight_decay",
+    "momentum",
+    "decay_epoch",
+    "decay_factor",
+    "max_grad_norm",
+    "divergence_factor",
+)
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _check_count(name: str, value: Any, extra: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{name} must be >= 1{' ' + extra if extra else ''}, got {value!r} (an integer)"
+        )
+
+
+def check_rate(name: str, value: Any) -> float:
+    """``value`` as a float after checking it is a finite, non-negative number that float32
+    parameters can hold (a larger learning rate overflows in the first step).
+
+    Raises:
+        ConfigError: it is not.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or value > _FLOAT32_MAX:
+        raise ConfigError(
+            f"{name} must be a finite number >= 0 that float32 can hold, got {value!r}"
+        )
+    return value
 
 
 @dataclass

@@ -1,40 +1,53 @@
 """Where a training run stands, as one object a checkpoint saves and a resumed run restores.
 
 :class:`RunState` holds the epoch and batch reached, the optimiser step, the running loss, the
-best epoch so far (its key, metrics and trainable state) and the history of finished epochs. It
-is written into every checkpoint as ``trainer_state.json`` (plus the best epoch's tensors as
-``best_state.safetensors``) and read back with :meth:`RunState.load`. The random states are per
-process, so each process writes its own ``rng_state_<process>.safetensors``
-(:func:`save_rng_state`). Nothing here is pickled.
+loss the divergence check compares with, the best epoch so far (its key, metrics and trainable
+state) and the history of finished epochs. It is written into every checkpoint as
+``trainer_state.json`` (plus the best epoch's tensors as ``best_state.safetensors``), together
+with the manifest of the checkpoint's files, and read back with :meth:`RunState.from_checked_dict`,
+which refuses anything malformed. The random states are per process, so each process writes
+its own ``rng_state_<process>.safetensors`` (:func:`save_rng_state`); :func:`read_rng_state`
+checks one on throwaway generators before :func:`set_rng_state` applies it. Nothing here is
+pickled.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from pb_adapters.training.checkpoint_io import CheckpointReader, Expected, file_manifest
+from pb_adapters.training.errors import CheckpointError
 
 __all__ = [
     "BEST_STATE_FILE",
     "STATE_FILE",
     "RunState",
-    "load_rng_state",
+    "best_state_spec",
+    "read_rng_state",
+    "restore_trainable_state",
     "rng_state",
     "rng_state_file",
     "save_rng_state",
     "set_rng_state",
+    "trainable_state",
 ]
 
 #: JSON state of a checkpoint; written last, so its presence marks a complete checkpoint.
 STATE_FILE = "trainer_state.json"
 #: The best epoch's trainable parameters and floating-point buffers.
 BEST_STATE_FILE = "best_state.safetensors"
+_BUFFER = "buffer:"
 
 
 @dataclass
@@ -46,8 +59,10 @@ class RunState:
         batches_in_epoch: batches of that epoch already trained.
         global_step: optimiser steps taken.
         accelerate_step: Accelerate's micro-batch counter, which decides when gradient
-            accumulation syncs (its own copy lives in a pickle that recent torch will not load).
+            accumulation syncs.
         ema: running mean of the training loss (progress bar, trackers).
+        loss_reference: the training loss the divergence check compares with: the first
+            batch's, then the first epoch's mean.
         best_key: ``(validation top-1, -validation loss)`` of the best epoch so far.
         best_epoch: that epoch (1-based; 0 before the first).
         best_val: its validation metrics.
@@ -62,6 +77,7 @@ class RunState:
     global_step: int = 0
     accelerate_step: int = 0
     ema: float | None = None
+    loss_reference: float | None = None
     best_key: tuple[float, float] | None = None
     best_epoch: int = 0
     best_val: dict[str, float] = field(default_factory=dict)
@@ -93,25 +109,125 @@ class RunState:
         state.best_key = tuple(state.best_key) if state.best_key is not None else None
         return state
 
-    def save(self, folder: Path, *, args: dict[str, Any]) -> None:
-        """Write ``best_state.safetensors`` (if any), then ``trainer_state.json`` with ``args``."""
+    @classmethod
+    def from_checked_dict(cls, data: Any) -> RunState:
+        """:meth:`from_dict` after checking every field's type, range and consistency.
+
+        Raises:
+            CheckpointError: the first field that is missing, malformed or contradicts another.
+        """
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{STATE_FILE} does not hold a JSON object")
+        for name, low in (("epoch", 1), ("batches_in_epoch", 0), ("global_step", 0)):
+            _check(_is_int(data.get(name), low), f"{name} must be an integer >= {low}")
+        _check(_is_int(data.get("accelerate_step", 0), 0), "accelerate_step must be >= 0")
+        _check(_is_int(data.get("best_epoch", 0), 0), "best_epoch must be >= 0")
+        for name in ("ema", "loss_reference"):
+            _check(data.get(name) is None or _is_number(data[name]), f"{name} must be a number")
+        key = data.get("best_key")
+        _check(key is None or _numbers(key, 2), "best_key must be two numbers")
+        _check(_str_numbers(data.get("best_val", {})), "best_val must map names to numbers")
+        history = data.get("history")
+        _check(
+            isinstance(history, list) and all(isinstance(h, dict) for h in history),
+            "history must be a list of records",
+        )
+        partial = data.get("partial")
+        if partial is not None:
+            _check_partial(partial)
+        done = data["epoch"] if partial is None else data["epoch"] - 1
+        _check(
+            len(history) == done,
+            f"the history has {len(history)} epochs, but the state says {done} are finished",
+        )
+        return cls.from_dict(data)
+
+    def save(self, folder: Path, *, args: dict[str, Any], files: Iterable[str] = ()) -> None:
+        """Write ``best_state.safetensors`` (if any), then ``trainer_state.json`` with ``args``
+        and the manifest (size and SHA-256) of ``files`` and the best state."""
         from safetensors.torch import save_file
 
+        names = list(files)
         if self.best_state is not None:
-            tensors = {k: v.contiguous().cpu() for k, v in self.best_state.items()}
+            tensors = {k: v.detach().contiguous().cpu() for k, v in self.best_state.items()}
             save_file(tensors, folder / BEST_STATE_FILE)
-        text = json.dumps({**self.to_dict(), "args": args}, indent=2) + "\n"
-        (folder / STATE_FILE).write_text(text, encoding="utf-8")
+            names.append(BEST_STATE_FILE)
+        data = {**self.to_dict(), "args": args, "files": file_manifest(folder, names)}
+        (folder / STATE_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
-    @classmethod
-    def load(cls, folder: Path) -> RunState:
-        """The state :meth:`save` wrote into ``folder``."""
-        from safetensors.torch import load_file
 
-        state = cls.from_dict(json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
-        if (folder / BEST_STATE_FILE).is_file():
-            state.best_state = load_file(folder / BEST_STATE_FILE)
-        return state
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckpointError(f"{STATE_FILE}: {message}")
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value: Any) -> bool:
+    """A finite float, or an int a float can hold (JSON integers have no bound)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _numbers(value: Any, count: int) -> bool:
+    return isinstance(value, list) and len(value) == count and all(map(_is_number, value))
+
+
+def _str_numbers(value: Any) -> bool:
+    return isinstance(value, dict) and all(_is_number(v) for v in value.values())
+
+
+def _check_partial(partial: Any) -> None:
+    """The running metrics of an unfinished epoch (see ``ClassificationMetrics.state_dict``)."""
+    _check(isinstance(partial, dict), "partial must be an object")
+    _check(_is_number(partial.get("loss_sum")), "partial.loss_sum must be a number")
+    _check(_is_int(partial.get("count"), 0), "partial.count must be an integer >= 0")
+    hits = partial.get("hits")
+    _check(
+        isinstance(hits, list) and len(hits) == 1 and _is_int(hits[0], 0),
+        "partial.hits must be one integer >= 0",
+    )
+    _check(_str_numbers(partial.get("lrs")), "partial.lrs must map group names to numbers")
+
+
+# ---------------------------------------------------------------------------- best state
+def _best_items(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            yield name, param
+    persistent = model.state_dict().keys()  # not caches such as an adapter's merged weight
+    for name, buffer in model.named_buffers():
+        if name in persistent and (
+            buffer.is_floating_point() or name.endswith("num_batches_tracked")
+        ):
+            yield _BUFFER + name, buffer
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of what training changes: trainable parameters, and the persistent floating
+    buffers and batch counts (norm statistics)."""
+    return {name: t.detach().clone() for name, t in _best_items(model)}
+
+
+def best_state_spec(model: nn.Module) -> Expected:
+    """What :func:`trainable_state` of ``model`` holds: name -> (dtype, shape)."""
+    return {name: (t.dtype, tuple(t.shape)) for name, t in _best_items(model)}
+
+
+def restore_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a :func:`trainable_state` back into ``model``."""
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for key, value in state.items():
+            target = buffers[key[len(_BUFFER) :]] if key.startswith(_BUFFER) else params[key]
+            target.copy_(value)
 
 
 # ---------------------------------------------------------------------------- random states
@@ -128,7 +244,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore states taken by :func:`rng_state`."""
+    """Restore states taken by :func:`rng_state` (or checked by :func:`read_rng_state`)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -136,17 +252,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def rng_state_file(folder: Path, process_index: int) -> Path:
-    """Where process ``process_index`` keeps its random states in a checkpoint."""
-    return folder / f"rng_state_{process_index}.safetensors"
+def rng_state_file(process_index: int) -> str:
+    """The file name of process ``process_index``'s random states in a checkpoint."""
+    return f"rng_state_{process_index}.safetensors"
 
 
 def save_rng_state(path: Path) -> None:
-    """Write the global RNG states as safetensors (tensors + string metadata, no pickle).
-
-    Accelerate's own RNG file is a pickle that recent torch refuses to load with
-    ``weights_only=True`` (it then silently skips it), so the trainer keeps its own copy.
-    """
+    """Write the global RNG states as safetensors (tensors + string metadata, no pickle)."""
     from safetensors.torch import save_file
 
     state = rng_state()
@@ -167,30 +279,56 @@ def save_rng_state(path: Path) -> None:
     save_file(tensors, path, metadata=meta)
 
 
-def load_rng_state(path: Path) -> None:
-    """Restore the RNG states written by :func:`save_rng_state`."""
-    from safetensors import safe_open
+_MAX_CUDA_DEVICES = 64
+_MT_WORDS = 624  # words of a Mersenne Twister state (Python's and NumPy's)
 
-    with safe_open(path, framework="pt") as fh:
-        meta = fh.metadata()
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
-    np_name, np_pos, np_has_gauss, np_gauss = json.loads(meta["numpy"])
-    state: dict[str, Any] = {
-        "python": (
-            int(meta["python_version"]),
-            tuple(int(v) for v in tensors["python"].tolist()),
-            json.loads(meta["python_gauss"]),
-        ),
-        "numpy": (
-            np_name,
-            tensors["numpy"].numpy().astype(np.uint32),
-            np_pos,
-            np_has_gauss,
-            np_gauss,
-        ),
-        "torch": tensors["torch"],
+
+def _rng_expected() -> tuple[Expected, Expected]:
+    """The tensors an RNG file must hold, and the CUDA ones it may hold."""
+    required: Expected = {
+        "torch": (torch.uint8, tuple(torch.get_rng_state().shape)),
+        "python": (torch.int64, (_MT_WORDS + 1,)),
+        "numpy": (torch.int64, (_MT_WORDS,)),
     }
-    cuda = [tensors[f"cuda_{i}"] for i in range(len(tensors)) if f"cuda_{i}" in tensors]
+    cuda_shape = tuple(torch.cuda.get_rng_state(0).shape) if torch.cuda.is_available() else (16,)
+    optional: Expected = {f"cuda_{i}": (torch.uint8, cuda_shape) for i in range(_MAX_CUDA_DEVICES)}
+    return required, optional
+
+
+def read_rng_state(reader: CheckpointReader, process_index: int) -> dict[str, Any]:
+    """Process ``process_index``'s random states from the checkpoint, checked by setting them on
+    throwaway generators; the global ones are untouched (see :func:`set_rng_state`)."""
+    name = rng_state_file(process_index)
+    if not reader.has(name):
+        raise CheckpointError(
+            f"{reader.folder} has no random state for process {process_index} (was it written "
+            "by a run with fewer processes?); resume with the same number of processes"
+        )
+    required, optional = _rng_expected()
+    tensors, meta = reader.tensors(name, "random state", required, optional=optional)  # type: ignore[misc]
+    try:
+        py_words = [int(v) for v in tensors["python"].tolist()]
+        np_words = tensors["numpy"].numpy()
+        np_name, np_pos, np_has_gauss, np_gauss = json.loads(meta["numpy"])
+        py_gauss = json.loads(meta["python_gauss"])
+        state: dict[str, Any] = {
+            "python": (int(meta["python_version"]), tuple(py_words), py_gauss),
+            "numpy": (np_name, np_words.astype(np.uint32), np_pos, np_has_gauss, np_gauss),
+            "torch": tensors["torch"],
+        }
+        words_ok = all(0 <= v < 2**32 for v in py_words[:-1]) and bool(
+            ((np_words >= 0) & (np_words < 2**32)).all()
+        )
+        if not (words_ok and isinstance(np_pos, int) and 0 <= np_pos <= _MT_WORDS):
+            raise ValueError("state words or position out of range")
+        random.Random().setstate(state["python"])
+        np.random.RandomState().set_state(state["numpy"])
+        torch.Generator().set_state(state["torch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{reader.folder / name} holds no valid random state: {err}"
+        ) from None
+    cuda = [tensors[f"cuda_{i}"] for i in range(_MAX_CUDA_DEVICES) if f"cuda_{i}" in tensors]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         state["cuda"] = cuda
-    set_rng_state(state)
+    return state

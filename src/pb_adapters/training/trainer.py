@@ -19,11 +19,19 @@ restored at the end, the test split is evaluated once, metrics are appended to a
 the loss and accuracy curves are drawn into ``training_curves.png`` and, in adapter mode, the
 adapter artifact is saved with ``save_pretrained``.
 
-Checkpoints (``accelerator.save_state``: model, optimiser, scheduler, RNG states, plus the
-trainer's JSON state and the best epoch's trainable state as safetensors) are written to
-``<output_dir>/checkpoints/step-XXXXXXXX`` every ``save_steps`` optimiser steps, after every epoch
-and on ``KeyboardInterrupt``; ``resume_from_checkpoint`` continues a run from one of them, skipping
-the batches the interrupted epoch had already used.
+Checkpoints (model, optimiser, schedule and random states as safetensors + JSON, the trainer's
+JSON state and the best epoch's trainable state; never a pickle, see
+:mod:`pb_adapters.training.checkpoints`) are written to ``<output_dir>/checkpoints/step-XXXXXXXX``
+every ``save_steps`` optimiser steps, after every epoch and on ``KeyboardInterrupt``;
+``resume_from_checkpoint`` continues a run from one of them, skipping the batches the
+interrupted epoch had already used. The checkpoint is checked against the run before anything
+is loaded or any output is written; with ``"latest"``, an unusable checkpoint is reported and
+the next older one is used.
+
+Before training, the data is checked (a training split with images of at least two classes;
+empty validation or test splits count as absent) and so are the learning rates. During training,
+a loss that becomes non-finite or explodes stops the run with a
+:class:`~pb_adapters.training.errors.DivergenceError` and no artifact (``divergence_check``).
 """
 
 from __future__ import annotations
@@ -43,16 +51,32 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pb_adapters.errors import ConfigError
 from pb_adapters.registry import get_method
-from pb_adapters.training.arguments import TRAIN_MODES, TrainingArguments, TrainMode, TrainResult
+from pb_adapters.training.arguments import (
+    TRAIN_MODES,
+    TrainingArguments,
+    TrainMode,
+    TrainResult,
+    check_rate,
+)
 from pb_adapters.training.checkpoints import (
     CHECKPOINTS_DIR,
+    Checkpoint,
+    first_usable_checkpoint,
     latest_checkpoint,
     resolve_checkpoint,
+    resume_candidates,
     save_checkpoint,
 )
-from pb_adapters.training.data import DatasetSplits, build_dataloader, default_eval_batch_size
+from pb_adapters.training.data import (
+    DataError,
+    DatasetSplits,
+    build_dataloader,
+    default_eval_batch_size,
+)
 from pb_adapters.training.data.loaders import EpochSampler
+from pb_adapters.training.errors import DivergenceError, OutputError
 from pb_adapters.training.metrics import ClassificationMetrics
 from pb_adapters.training.modeling import (
     forward_logits,
@@ -63,10 +87,10 @@ from pb_adapters.training.modeling import (
 )
 from pb_adapters.training.run_state import (
     RunState,
-    load_rng_state,
+    restore_trainable_state,
     rng_state,
-    rng_state_file,
     set_rng_state,
+    trainable_state,
 )
 from pb_adapters.utils.files import atomic_write_bytes
 
@@ -111,6 +135,26 @@ def make_accelerator(args: TrainingArguments) -> Any:
         log_with=trackers or None,
         project_dir=args.output_dir if trackers else None,
     )
+
+
+class TrainerSetupError(ConfigError, TypeError):
+    """The model does not fit the training mode (a plain backbone for ``"adapter"``...)."""
+
+
+def _has_items(dataset: Any) -> bool:
+    return dataset is not None and (not hasattr(dataset, "__len__") or len(dataset) > 0)
+
+
+def _check_training_data(dataset: Any) -> None:
+    """Refuse a training split that is empty or holds a single class (nothing to learn)."""
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise DataError("the training split has no images")
+    classes = set(getattr(dataset, "labels", None) or ())
+    if len(classes) == 1:
+        raise DataError(
+            f"the training split holds a single class (class {classes.pop()}): a classifier "
+            "needs images of at least two"
+        )
 
 
 def _raw_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -181,26 +225,29 @@ class PiggybackTrainer:
             test_dataset = test_dataset or splits.test
             dataset_name = dataset_name or splits.name
         if train_dataset is None:
-            raise ValueError("a training dataset (or splits=) is required")
-        self.args = args
-        self.model = model
-        self.train_dataset = train_dataset
-        self.eval_dataset = eval_dataset
-        self.test_dataset = test_dataset
-        self.dataset_name = dataset_name
-        self.accelerator = accelerator or make_accelerator(args)
-        self.transformers_api = uses_pixel_values(model)
+            raise ConfigError("a training dataset (or splits=) is required")
         if args.train_mode == "adapter" and not hasattr(model, "parameter_groups"):
-            raise TypeError(
+            raise TrainerSetupError(
                 "train_mode='adapter' needs a PiggybackModel (get_piggyback_model(base, config)); "
                 "for a plain backbone use train_mode='finetune' or 'head'"
             )
         if args.train_mode != "adapter" and hasattr(model, "parameter_groups"):
-            raise TypeError(
+            raise TrainerSetupError(
                 f"train_mode={args.train_mode!r} trains a plain backbone, not a PiggybackModel"
             )
+        _check_training_data(train_dataset)
+        self.args = args
+        self.model = model
+        self.train_dataset = train_dataset
+        # an empty validation or test split is no split: nothing is reported on zero images
+        self.eval_dataset = eval_dataset if _has_items(eval_dataset) else None
+        self.test_dataset = test_dataset if _has_items(test_dataset) else None
+        self.dataset_name = dataset_name
+        self.accelerator = accelerator or make_accelerator(args)
+        self.transformers_api = uses_pixel_values(model)
         self.output_dir = Path(args.output_dir)
         self._head_names: list[str] = []
+        self._run: _Run | None = None
 
     @property
     def run_label(self) -> str:
@@ -246,7 +293,8 @@ class PiggybackTrainer:
             for name, params in model.parameter_groups().items():
                 params = [p for p in params if p.requires_grad]
                 if params:
-                    groups.append({"name": name, "params": params, "lr": self._lr(name)})
+                    lr = check_rate(f"the learning rate of {name}", self._lr(name))
+                    groups.append({"name": name, "params": params, "lr": lr})
         else:
             heads = head_modules(model)
             self._head_names = [n for n, _ in heads]
@@ -258,8 +306,10 @@ class PiggybackTrainer:
                 backbone = [p for p in model.parameters() if id(p) not in head_ids]
                 groups.append({"name": "backbone", "params": backbone, "lr": self.args.backbone_lr})
             groups.append({"name": "head", "params": head_params, "lr": self._lr("head")})
+            for g in groups:
+                check_rate(f"the learning rate of {g['name']}", g["lr"])
         if not groups:
-            raise ValueError("the model has no trainable parameters for this mode")
+            raise ConfigError("the model has no trainable parameters for this mode")
         for g in groups:
             g["initial_lr"] = g["lr"]
         return groups
@@ -307,22 +357,6 @@ class PiggybackTrainer:
             self._set_train_mode(model)
         return metrics.compute()
 
-    def _snapshot(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-        for n, b in model.named_buffers():
-            if b.is_floating_point() or n.endswith("num_batches_tracked"):
-                state["buffer:" + n] = b.detach().clone()
-        return state
-
-    @staticmethod
-    def _restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        params = dict(model.named_parameters())
-        buffers = dict(model.named_buffers())
-        with torch.no_grad():
-            for key, value in state.items():
-                target = buffers[key[7:]] if key.startswith("buffer:") else params[key]
-                target.copy_(value)
-
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
             with open(self.output_dir / self.args.metrics_file, "a", encoding="utf-8") as fh:
@@ -333,13 +367,16 @@ class PiggybackTrainer:
         """The checkpoint folder ``reference`` names: a path, or ``"latest"`` under ``output_dir``."""
         return resolve_checkpoint(self.output_dir, reference)
 
-    def _save_checkpoint(self, state: RunState) -> Path:
+    def _save_checkpoint(self, run: _Run, state: RunState) -> Path:
         return save_checkpoint(
             self.accelerator,
             self.output_dir,
             state,
             args=self.args.to_dict(),
             save_total_limit=self.args.save_total_limit,
+            model=run.unwrapped,
+            optimizer=_raw_optimizer(run.optimizer),
+            scheduler=run.scheduler,
         )
 
     def _checkpoint_state(self, run: _Run, batches: int, *, unfinished: bool) -> RunState:
@@ -354,40 +391,94 @@ class PiggybackTrainer:
         )
 
     # ---------------------------------------------------------------- training
+    def setup(self) -> None:
+        """Prepare the run: optimiser, loaders, schedule, the checkpoint to resume from (checked
+        against the run, then loaded) and the output folder.
+
+        :meth:`train` calls it when it has not been called. Nothing under ``output_dir`` is
+        written before the checkpoint was checked, so a refused resume leaves every output as
+        it was.
+
+        Raises:
+            CheckpointError: no usable checkpoint to resume from.
+            OutputError: the output folder cannot be written.
+        """
+        from accelerate.utils import set_seed
+
+        if self._run is not None:
+            return
+        args = self.args
+        set_seed(args.seed)
+        candidates = (
+            resume_candidates(self.output_dir, args.resume_from_checkpoint)
+            if args.resume_from_checkpoint
+            else []
+        )
+        run = self._prepare()
+        if candidates:
+            checkpoint = first_usable_checkpoint(
+                self.accelerator,
+                candidates,
+                model=run.unwrapped,
+                optimizer=_raw_optimizer(run.optimizer),
+                scheduler=run.scheduler,
+            )
+            run.state = checkpoint.apply()
+            self._resumed(checkpoint)
+        self._init_outputs(run.state)
+        self._run = run
+
     def train(self) -> TrainResult:
         """Run the training loop, restore the best epoch, test it, save the artifact.
 
         With ``args.resume_from_checkpoint`` the run continues from that checkpoint. On
-        ``KeyboardInterrupt`` a checkpoint is saved, then the exception propagates.
+        ``KeyboardInterrupt`` a checkpoint is saved, then the exception propagates; on
+        divergence (:class:`~pb_adapters.training.errors.DivergenceError`) nothing more is
+        saved.
         """
-        from accelerate.utils import set_seed
-
-        args, acc = self.args, self.accelerator
-        set_seed(args.seed)
-        resume = (
-            self.resolve_checkpoint(args.resume_from_checkpoint)
-            if args.resume_from_checkpoint
-            else None
-        )
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / args.metrics_file).write_text("", encoding="utf-8")
-        run = self._prepare()
-        if resume is not None:
-            run.state = self._resume(resume)
+        self.setup()
+        run, acc = self._run, self.accelerator
+        assert run is not None
         self._start(run)
         start = time.perf_counter()
         run.rng_at_step = rng_state()
         try:
             self._train_epochs(run)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, DivergenceError) as stop:
             run.bar.close()
-            self._save_interrupted(run)
+            if isinstance(stop, KeyboardInterrupt):
+                self._save_interrupted(run)
             if run.tracking:
                 acc.end_training()
             raise
+        finally:
+            self._run = None
         run.bar.close()
         return self._finish(run, start)
+
+    def _resumed(self, checkpoint: Checkpoint) -> None:
+        """Take the loaded checkpoint's counters on, and say where the run stands."""
+        state = checkpoint.run_state
+        self.accelerator.step = state.accelerate_step
+        if state.partial is None:  # the checkpoint was taken after the epoch's validation
+            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+        self.accelerator.print(
+            f"resumed from {checkpoint.folder} (epoch {state.epoch}, batch "
+            f"{state.batches_in_epoch})"
+        )
+
+    def _init_outputs(self, state: RunState) -> None:
+        """Create the output folder; the metrics file holds exactly ``state``'s history."""
+        if not self.accelerator.is_main_process:
+            return
+        text = "".join(json.dumps(r) + "\n" for r in state.history)
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.output_dir / self.args.metrics_file, text.encode())
+        except OSError as err:
+            raise OutputError(
+                f"cannot write to the output folder {self.output_dir}: {err}"
+            ) from err
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader | None:
         if dataset is None:
@@ -424,33 +515,14 @@ class PiggybackTrainer:
         steps_per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
         total_steps = steps_per_epoch * args.num_epochs
         # The scheduler is stepped by hand once per optimiser step (not prepared: Accelerate would
-        # step it once per process); registered so that save_state / load_state include it.
+        # step it once per process); checkpoints save it beside the optimiser.
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             _raw_optimizer(optimizer), self._lr_lambda(total_steps, steps_per_epoch)
         )
-        acc.register_for_checkpointing(scheduler)
         return _Run(
             model, acc.unwrap_model(model), optimizer, scheduler, train_loader, sampler,
             val_loader, test_loader, groups, batches, steps_per_epoch, total_steps,
         )  # fmt: skip
-
-    def _resume(self, folder: Path) -> RunState:
-        """Load the checkpoint in ``folder``: model, optimiser, schedule, random states, and the
-        run state, moved on to the next epoch when the checkpoint closed one."""
-        acc = self.accelerator
-        acc.load_state(str(folder))
-        rng_file = rng_state_file(folder, acc.process_index)
-        if rng_file.is_file():
-            load_rng_state(rng_file)
-        state = RunState.load(folder)
-        acc.step = state.accelerate_step
-        if state.partial is None:  # the checkpoint was taken after the epoch's validation
-            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
-        if acc.is_main_process:  # the metrics file holds exactly the checkpoint's history
-            text = "".join(json.dumps(r) + "\n" for r in state.history)
-            atomic_write_bytes(self.output_dir / self.args.metrics_file, text.encode())
-        acc.print(f"resumed from {folder} (epoch {state.epoch}, batch {state.batches_in_epoch})")
-        return state
 
     def _start(self, run: _Run) -> None:
         """Say what is trained, start the trackers and the progress bar."""
@@ -519,18 +591,48 @@ class PiggybackTrainer:
             with acc.autocast():
                 logits = forward_logits(run.model, images, self.transformers_api)
             loss = F.cross_entropy(logits.float(), labels)
+            # gathered: every rank holds (and checkpoints) the totals over all ranks, and takes
+            # the same decision on divergence before anything is updated
+            seen = (run.train_metrics.loss_sum, run.train_metrics.count)
+            run.train_metrics.update(logits, labels, accelerator=acc)
+            if args.divergence_check:
+                batch = run.train_metrics.loss_sum - seen[0]
+                count = max(1, run.train_metrics.count - seen[1])
+                self._check_divergence(run, batch / count, logits.shape[-1])
             acc.backward(loss)
             if acc.sync_gradients and args.max_grad_norm:
                 acc.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
-        # gathered: every rank holds (and checkpoints) the totals over all ranks
-        run.train_metrics.update(logits, labels, accelerator=acc)
         value = float(loss.detach())
         state.ema = value if state.ema is None else 0.9 * state.ema + 0.1 * value
         state.batches_in_epoch += 1
         if acc.sync_gradients:
             self._after_step(run)
+
+    def _check_divergence(self, run: _Run, batch_loss: float, num_classes: int) -> None:
+        """Stop when the batch's mean loss (over all processes) is not finite, or exceeds
+        ``divergence_factor`` times the reference: the first epoch's mean (the first batch's
+        until that epoch ends), and at least the loss of a uniform guess."""
+        state, args = run.state, self.args
+        where = f"epoch {state.epoch}, batch {state.batches_in_epoch + 1}"
+        advice = (
+            "lower the learning rates or clip gradients (--max-grad-norm), or turn the check "
+            "off (divergence_check=False, --no-divergence-check); no artifact was saved"
+        )
+        if not math.isfinite(batch_loss):
+            raise DivergenceError(f"the training loss became {batch_loss} at {where}: {advice}")
+        if state.loss_reference is None:
+            state.loss_reference = batch_loss
+            return
+        floor = math.log(max(2, num_classes))
+        limit = args.divergence_factor * max(state.loss_reference, floor)
+        if batch_loss > limit:
+            raise DivergenceError(
+                f"the training loss exploded to {batch_loss:.4g} at {where}, more than "
+                f"{args.divergence_factor:g}x the loss it started from "
+                f"({state.loss_reference:.4g}): {advice}"
+            )
 
     def _after_step(self, run: _Run) -> None:
         """Schedule, progress, tracker logging and step checkpoints after an optimiser step."""
@@ -548,12 +650,14 @@ class PiggybackTrainer:
             acc.log({"train/loss_ema": state.ema, **logged}, step=state.global_step)
         done = state.batches_in_epoch
         if args.save_steps and state.global_step % args.save_steps == 0 and done < run.batches:
-            self._save_checkpoint(self._checkpoint_state(run, done, unfinished=True))
+            self._save_checkpoint(run, self._checkpoint_state(run, done, unfinished=True))
 
     def _end_epoch(self, run: _Run, epoch: int) -> None:
         """Validate, keep the best epoch, record the epoch and checkpoint it."""
         args, acc, state = self.args, self.accelerator, run.state
         train = run.train_metrics.compute()
+        if epoch == 1 and run.train_metrics.count:  # the divergence check's reference
+            state.loss_reference = train["loss"]
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": train["loss"],
@@ -569,7 +673,7 @@ class PiggybackTrainer:
             record.update({f"val_{k}": v for k, v in val.items()})
             improved = state.consider(epoch, val)
             if improved:
-                state.best_state = self._snapshot(run.unwrapped)
+                state.best_state = trainable_state(run.unwrapped)
             line += (
                 f" | val loss {val['loss']:.4f} top-1 {val['top1']:.2%} "
                 f"top-5 {val['top5']:.2%}" + (" *" if improved else "")
@@ -587,7 +691,7 @@ class PiggybackTrainer:
         elif acc.is_main_process:
             run.bar.write(line)
         if args.save_epoch_checkpoints:
-            self._save_checkpoint(self._checkpoint_state(run, run.batches, unfinished=False))
+            self._save_checkpoint(run, self._checkpoint_state(run, run.batches, unfinished=False))
 
     def _save_interrupted(self, run: _Run) -> None:
         """Checkpoint the state as of the last optimiser step (Ctrl-C).
@@ -601,7 +705,7 @@ class PiggybackTrainer:
         finished = len(state.history) >= state.epoch
         set_rng_state(run.rng_at_step)
         ckpt = self._save_checkpoint(
-            self._checkpoint_state(run, committed, unfinished=not finished)
+            run, self._checkpoint_state(run, committed, unfinished=not finished)
         )
         self.accelerator.print(f"interrupted: checkpoint saved to {ckpt}; resume with --resume")
 
@@ -609,7 +713,7 @@ class PiggybackTrainer:
         """Restore the best epoch, test it, write the results, save (and push) the artifact."""
         args, acc, state = self.args, self.accelerator, run.state
         if state.best_state is not None and state.best_epoch != args.num_epochs:
-            self._restore(run.unwrapped, state.best_state)
+            restore_trainable_state(run.unwrapped, state.best_state)
             acc.print(
                 f"restored the best epoch ({state.best_epoch}, validation top-1 "
                 f"{state.best_val['top1']:.2%})"

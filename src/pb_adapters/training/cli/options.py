@@ -144,6 +144,7 @@ def training_arguments_from_args(
         push_to_hub=ns.push_to_hub,
         hub_private=ns.hub_private,
         mask_encoding=ns.mask_encoding or TrainingArguments.mask_encoding,
+        divergence_check=not getattr(ns, "no_divergence_check", False),
     )
 
 

@@ -32,6 +32,7 @@ from pb_adapters.training.cli.options import (
     method_spec,
     training_arguments_from_args,
 )
+from pb_adapters.training.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from pb_adapters.training.tracking import resolve_report_to
 
 __all__ = [
@@ -117,6 +118,13 @@ def _add_data_options(g: Any) -> None:
         help="random horizontal flips in training (default: on; off for the digit demo)",
     )
     g.add_argument("--strict-data", action="store_true", help="fail on unreadable images")
+    g.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="refuse images larger than this many pixels (width x height), read from their "
+        "header before decoding; 0: no bound but PIL's own",
+    )
     g.add_argument("--max-train-samples", type=int, default=None)
     g.add_argument("--max-eval-samples", type=int, default=None)
     g.add_argument("--num-workers", type=int, default=None, help="data loader workers per process")
@@ -145,6 +153,12 @@ def _add_optimisation_options(g: Any) -> None:
     )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    g.add_argument(
+        "--no-divergence-check",
+        action="store_true",
+        help="keep training when the loss becomes non-finite or rises 10,000x above the first "
+        "epoch's (by default the run stops without saving an artifact)",
+    )
 
 
 def _add_output_options(g: Any) -> None:
@@ -401,6 +415,8 @@ def _check_run_options(ns: argparse.Namespace, spec: MethodSpec | None) -> None:
     if ns.mask_encoding is not None and (spec is None or not spec.layer_class.bit_plane_keys):
         what = "saves no adapter artifact" if spec is None else "stores no masks to encode"
         raise TrainOptionError(f"--mask-encoding does not apply to --method {method}: it {what}")
+    if getattr(ns, "max_image_pixels", None) is not None and ns.max_image_pixels < 0:
+        raise TrainOptionError("--max-image-pixels must be >= 0 (0: no bound but PIL's own)")
     if ns.resume and spec is not None and spec.training_schedule is not None:
         raise TrainOptionError(
             f"--resume continues one training run; --method {method} trains in phases of its "
@@ -439,28 +455,38 @@ def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict[
     """Read a YAML run configuration: a mapping of option (dest) names to values.
 
     Keys may use ``-`` or ``_``; string values of typed options (``1e-4`` is a string to YAML)
-    go through the option's type; unknown keys and invalid choices raise ``ValueError``.
+    go through the option's type; invalid YAML, unknown keys and invalid values raise
+    :class:`TrainOptionError` (a ``ValueError``).
     """
     import yaml
 
     text = Path(path).read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        detail = " ".join(str(err).split())  # YAML's messages span lines
+        raise TrainOptionError(f"{path} is not valid YAML: {detail}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a YAML mapping of option names to values is expected")
+        raise TrainOptionError(f"{path}: a YAML mapping of option names to values is expected")
     actions = {k: a for k, a in _actions(parser).items() if k not in _NOT_OPTIONS}
     values = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(k for k in values if k not in actions)
     if unknown:
-        raise ValueError(
+        raise TrainOptionError(
             f"{path}: unknown option(s) {', '.join(unknown)}; valid keys are the option names "
             "of --help (e.g. mask_lr, method)"
         )
     for key, value in values.items():
         action = actions[key]
         if isinstance(value, str) and callable(action.type):
-            values[key] = value = action.type(value)
+            try:
+                values[key] = value = action.type(value)
+            except (TypeError, ValueError) as err:
+                raise TrainOptionError(f"{path}: {key}: {err}") from None
         if action.choices is not None and value is not None and value not in action.choices:
-            raise ValueError(f"{path}: {key} must be one of {list(action.choices)}, got {value!r}")
+            raise TrainOptionError(
+                f"{path}: {key} must be one of {list(action.choices)}, got {value!r}"
+            )
     return values
 
 
@@ -478,8 +504,8 @@ def parse_train_args(
     if getattr(ns, "config", None) is not None:
         try:
             values = load_config_file(ns.config, parser)
-        except (OSError, ValueError) as err:
-            parser.error(str(err))
+        except (OSError, ValueError) as err:  # YAML syntax errors included (see the loader)
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
         ns = parser.parse_args(argv, namespace=argparse.Namespace(**values))
     if check:
         try:  # refuse inconsistent options now, not after loading data and model

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from pb_adapters.demo_base import load_demo_backbone
+from pb_adapters.errors import ConfigError, PbAdaptersError
 from pb_adapters.training.arguments import TrainResult
 from pb_adapters.training.cli.options import (
     adapter_config_from_args,
@@ -41,6 +43,7 @@ from pb_adapters.training.cli.parser import (
     save_run_config,
 )
 from pb_adapters.training.data import DatasetSplits, build_transforms, load_datasets
+from pb_adapters.training.errors import OutputError
 from pb_adapters.training.trainer import PiggybackTrainer, make_accelerator, prepare_baseline_model
 
 __all__ = ["create_backbone", "load_splits", "main", "run_training", "run_transforms"]
@@ -66,6 +69,15 @@ def create_backbone(
         return load_demo_backbone()
     if seed is not None:
         torch.manual_seed(seed)
+    try:
+        return _create_named_backbone(name, pretrained=pretrained, library=library)
+    except PbAdaptersError:
+        raise
+    except (OSError, ValueError, RuntimeError) as err:  # an unknown name, no config, offline
+        raise ConfigError(f"cannot create the model {name!r}: {err}") from err
+
+
+def _create_named_backbone(name: str, *, pretrained: bool, library: str) -> nn.Module:
     import timm
 
     is_folder = Path(name).is_dir()
@@ -104,6 +116,7 @@ def load_splits(ns: argparse.Namespace, source: str | None) -> DatasetSplits:
         test_fraction=ns.test_fraction,
         seed=ns.seed,
         strict=ns.strict_data,
+        max_image_pixels=getattr(ns, "max_image_pixels", None) or None,
     )
     if ns.max_train_samples or ns.max_eval_samples:
         splits.limit(ns.max_train_samples, ns.max_eval_samples, seed=ns.seed)
@@ -163,9 +176,15 @@ def run_training(
     say(f"model: {ns.model or _DEMO_BASE_NAME}, input {image_size}")
     set_seed(ns.seed)  # the head's initialisation does not depend on how data loading went
     model = _task_model(ns, base, splits, acc.is_main_process)
-    if acc.is_main_process:
-        save_run_config(ns, args.output_dir)
     trainer = PiggybackTrainer(model, args, splits=splits, accelerator=acc)
+    trainer.setup()  # a checkpoint to resume from is checked before any output is written
+    if acc.is_main_process:
+        try:
+            save_run_config(ns, args.output_dir)
+        except OSError as err:
+            raise OutputError(
+                f"cannot write to the output folder {args.output_dir}: {err}"
+            ) from err
     result = trainer.train()
     summary = _summary(ns, trainer, splits, result)
     if args.train_mode == "adapter":
@@ -310,8 +329,32 @@ def _finish(
     return summary
 
 
+#: Exit status of a run refused or stopped by an error of the pb-adapters family (as argparse's
+#: usage errors, and as ``pb-adapters``).
+EXIT_ERROR = 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``examples/train.py``; returns the process exit code."""
-    ns = parse_train_args(build_train_parser(), argv)
-    summary = run_training(ns)
+    """Entry point of ``examples/train.py``; returns the process exit code.
+
+    0 on success, 1 when the reloaded artifact scores differently, 2 for usage errors and any
+    error of the :class:`~pb_adapters.PbAdaptersError` family (data, checkpoint, divergence...),
+    printed as one line on stderr without a traceback; 130 on Ctrl-C.
+    """
+    parser = build_train_parser()
+    ns = parse_train_args(parser, argv)
+    try:
+        summary = run_training(ns)
+    except PbAdaptersError as err:
+        print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
     return 0 if summary.get("reload_matches", True) else 1
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s message on one line (its class name when it has none)."""
+    text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+    return text or type(err).__name__

@@ -13,7 +13,11 @@ Three sources give the same result, a :class:`DatasetSplits` with ``train``, ``v
 Missing splits are carved out of the training data with a deterministic stratified split
 (:mod:`.splits`). Every image is converted to RGB first (grayscale, RGBA, palette, CMYK, 16-bit
 ...; :mod:`.images`). Unreadable files are counted and skipped with a warning, or raise
-:class:`DataError` in strict mode (:mod:`.datasets`).
+:class:`DataError` in strict mode (:mod:`.datasets`). Problems a run cannot learn from are
+:class:`DataError` before training starts: a symlink loop, one file under two classes or in two
+splits (files are identified by resolved path; one reached twice is used once), an empty class
+folder, fewer than two classes, a split left without images (:func:`check_splits`), and an image
+above the pixel bound (:data:`DEFAULT_MAX_IMAGE_PIXELS`, read from the header before decoding).
 
 Transforms come from the model's own data configuration (timm's ``pretrained_cfg``, or a
 transformers image processor): random resized crop (+ optional horizontal flip) for training,
@@ -30,7 +34,7 @@ from pb_adapters.training.data.datasets import (
 )
 from pb_adapters.training.data.folders import load_image_folder, scan_image_folder
 from pb_adapters.training.data.hf import load_hf_datasets
-from pb_adapters.training.data.images import IMAGE_EXTENSIONS, to_rgb
+from pb_adapters.training.data.images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, to_rgb
 from pb_adapters.training.data.loaders import (
     build_dataloader,
     build_dataloaders,
@@ -38,10 +42,11 @@ from pb_adapters.training.data.loaders import (
     default_num_workers,
 )
 from pb_adapters.training.data.sources import load_datasets, register_dataset_source
-from pb_adapters.training.data.splits import DatasetSplits, stratified_split
+from pb_adapters.training.data.splits import DatasetSplits, check_splits, stratified_split
 from pb_adapters.training.data.transforms import DataConfig, build_transforms, resolve_data_config
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "IMAGE_EXTENSIONS",
     "ArrayImageDataset",
     "DataConfig",
@@ -53,6 +58,7 @@ __all__ = [
     "build_dataloader",
     "build_dataloaders",
     "build_transforms",
+    "check_splits",
     "default_eval_batch_size",
     "default_num_workers",
     "load_datasets",

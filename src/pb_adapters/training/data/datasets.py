@@ -11,8 +11,14 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pb_adapters.errors import PbAdaptersError
-from pb_adapters.training.data.images import IMAGE_ERRORS, coerce_image, open_image, to_rgb
+from pb_adapters.training.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGE_ERRORS,
+    coerce_image,
+    open_image,
+    to_rgb,
+)
+from pb_adapters.training.errors import DataError
 
 __all__ = [
     "ArrayImageDataset",
@@ -21,10 +27,6 @@ __all__ = [
     "ImageClassificationDataset",
     "ImageFileDataset",
 ]
-
-
-class DataError(PbAdaptersError, ValueError):
-    """A data set could not be read or does not have the expected layout."""
 
 
 def _check_labels(labels: Sequence[Any]) -> list[int]:
@@ -83,6 +85,8 @@ class ImageClassificationDataset(Dataset):
                 continue
             try:
                 image = to_rgb(self.load_image(i))
+            except DataError:
+                raise  # too large: not an unreadable file to skip
             except IMAGE_ERRORS as exc:
                 if self.strict:
                     raise DataError(f"cannot read {self.describe(i)}: {exc}") from exc
@@ -103,7 +107,7 @@ class ImageClassificationDataset(Dataset):
 
 
 class ImageFileDataset(ImageClassificationDataset):
-    """Images stored as files on disk."""
+    """Images stored as files on disk; one above ``max_pixels`` raises :class:`DataError`."""
 
     def __init__(
         self,
@@ -111,15 +115,17 @@ class ImageFileDataset(ImageClassificationDataset):
         labels: Sequence[int],
         transform: Callable[[Image.Image], Any] | None = None,
         strict: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         if len(paths) != len(labels):
             raise DataError(f"{len(paths)} paths but {len(labels)} labels")
         super().__init__(labels, transform, strict)
         self.paths = [str(p) for p in paths]
+        self.max_pixels = max_pixels
 
     def load_image(self, index: int) -> Image.Image:
         """Open and decode the file at ``self.paths[index]``."""
-        return open_image(self.paths[index])
+        return open_image(self.paths[index], self.max_pixels)
 
     def describe(self, index: int) -> str:
         """The file path of item ``index``."""
@@ -132,6 +138,7 @@ class ImageFileDataset(ImageClassificationDataset):
             [self.labels[i] for i in indices],
             self.transform,
             self.strict,
+            self.max_pixels,
         )
 
 
@@ -169,11 +176,24 @@ class ArrayImageDataset(ImageClassificationDataset):
         )
 
 
+def _undecoded(hf_dataset: Any, column: str) -> Any:
+    """``hf_dataset`` with an ``Image`` column read as bytes or path: ``datasets`` would decode
+    each image whole before its size could be checked."""
+    import datasets
+
+    feature = hf_dataset.features[column]
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return hf_dataset.cast_column(column, datasets.Image(decode=False))
+    return hf_dataset
+
+
 class HFImageDataset(ImageClassificationDataset):
     """A split of a Hugging Face ``datasets.Dataset`` with an image column and integer labels.
 
     The image column may hold decoded PIL images, ``{"bytes", "path"}`` dicts, file paths or
-    arrays; ``labels`` are the already-mapped integer labels.
+    arrays; ``labels`` are the already-mapped integer labels. An image above ``max_pixels``
+    raises :class:`DataError` when it is read (checked from its header when the cell holds
+    bytes or a path).
     """
 
     def __init__(
@@ -183,17 +203,19 @@ class HFImageDataset(ImageClassificationDataset):
         labels: Sequence[int],
         transform: Callable[[Image.Image], Any] | None = None,
         strict: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         if len(hf_dataset) != len(labels):
             raise DataError(f"{len(hf_dataset)} rows but {len(labels)} labels")
         super().__init__(labels, transform, strict)
-        self.hf_dataset = hf_dataset.select_columns([image_column])
+        self.hf_dataset = _undecoded(hf_dataset.select_columns([image_column]), image_column)
         self.image_column = image_column
+        self.max_pixels = max_pixels
 
     def load_image(self, index: int) -> Image.Image:
         """Decode the image in row ``index``."""
         value = self.hf_dataset[int(index)][self.image_column]
-        return coerce_image(value)
+        return coerce_image(value, self.max_pixels, self.describe(index))
 
     def describe(self, index: int) -> str:
         """The row number (and file path when the dataset stores one)."""
@@ -208,4 +230,5 @@ class HFImageDataset(ImageClassificationDataset):
             [self.labels[i] for i in idx],
             self.transform,
             self.strict,
+            self.max_pixels,
         )

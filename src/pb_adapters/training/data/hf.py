@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pb_adapters.training.data.datasets import DataError, HFImageDataset
-from pb_adapters.training.data.splits import DatasetSplits, complete_splits
+from pb_adapters.training.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from pb_adapters.training.data.splits import DatasetSplits, check_splits, complete_splits
 
 __all__ = ["is_saved_hf_dataset", "load_hf_datasets"]
 
@@ -82,10 +83,16 @@ def _read_splits(name_or_path: str, config_name: str | None, **load_kwargs: Any)
     import datasets
 
     path = Path(name_or_path)
-    if path.is_dir() and is_saved_hf_dataset(path):
-        loaded = datasets.load_from_disk(str(path))
-    else:
-        loaded = datasets.load_dataset(name_or_path, config_name, **load_kwargs)
+    try:
+        if path.is_dir() and is_saved_hf_dataset(path):
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset(name_or_path, config_name, **load_kwargs)
+    except (OSError, ValueError, ConnectionError) as err:  # not found, offline, bad config name
+        raise DataError(
+            f"cannot load the data set {name_or_path!r} (not an image folder, a saved data set "
+            f"or a `datasets` name that can be loaded): {type(err).__name__}: {err}"
+        ) from err
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     splits: dict[str, Any] = {}
@@ -141,6 +148,7 @@ def load_hf_datasets(
     test_fraction: float = 0.2,
     seed: int = 0,
     strict: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     **load_kwargs: Any,
 ) -> DatasetSplits:
     """Load a Hugging Face dataset (Hub name, local script/data folder, or ``save_to_disk`` folder).
@@ -149,7 +157,13 @@ def load_hf_datasets(
     missing ones are carved from ``train``. The image column defaults to the first
     ``datasets.Image`` feature and the label column to the first ``ClassLabel`` (then common names
     like ``image``/``label``). ``ClassLabel`` names become ``id2label``; other label values
-    (strings or integers) are mapped in sorted order.
+    (strings or integers) are mapped in sorted order. Images above ``max_pixels`` raise
+    :class:`DataError` when read.
+
+    Raises:
+        DataError: the data set cannot be loaded, lacks the columns, has fewer than two
+            classes or a split left without images (see
+            :func:`~pb_adapters.training.data.splits.check_splits`).
     """
     splits = _read_splits(name_or_path, config_name, **load_kwargs)
     features = splits["train"].features
@@ -161,11 +175,15 @@ def load_hf_datasets(
     for split, ds in splits.items():
         rows, labels = _labelled_rows(ds[label_col], lookup, f"{split} split", strict)
         subset = ds if len(rows) == len(ds) else ds.select(rows)
-        wrapped[split] = HFImageDataset(subset, image_col, labels, strict=strict)
+        wrapped[split] = HFImageDataset(
+            subset, image_col, labels, strict=strict, max_pixels=max_pixels
+        )
     notes: list[str] = []
     train, validation, test = complete_splits(
         wrapped, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, notes=notes
     )
     path = Path(name_or_path)
     name = path.name if path.is_dir() else name_or_path
-    return DatasetSplits(train, validation, test, dict(enumerate(names)), name=name, notes=notes)
+    splits = DatasetSplits(train, validation, test, dict(enumerate(names)), name=name, notes=notes)
+    check_splits(splits, val_fraction=val_fraction, test_fraction=test_fraction)
+    return splits

@@ -16,6 +16,7 @@ from pathlib import Path
 from pb_adapters.training.data.datasets import DataError
 from pb_adapters.training.data.folders import load_image_folder
 from pb_adapters.training.data.hf import is_saved_hf_dataset, load_hf_datasets
+from pb_adapters.training.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from pb_adapters.training.data.splits import DatasetSplits
 
 __all__ = ["SourceLoader", "load_datasets", "register_dataset_source"]
@@ -50,6 +51,7 @@ def load_datasets(
     test_fraction: float = 0.2,
     seed: int = 0,
     strict: bool = False,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> DatasetSplits:
     """Load train/validation/test splits from any supported source.
 
@@ -61,19 +63,31 @@ def load_datasets(
         val_fraction / test_fraction: fractions carved out of train for missing splits.
         seed: seed of the deterministic stratified split.
         strict: raise on unreadable images instead of skipping them.
+        max_image_pixels: refuse images larger than this (width x height; ``None``: no bound
+            but PIL's own).
+
+    Raises:
+        DataError: the source cannot be read or cannot be trained on (see
+            :func:`~pb_adapters.training.data.splits.check_splits`).
     """
     named = _named_source(None if source is None else str(source))
     if named is not None:
         return named(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     if source is None:
         raise DataError("no data source given: pass an image folder or a `datasets` name")
-    hf_options = {"image_column": image_column, "label_column": label_column, "strict": strict}
-    splits_options = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    hf_options = {"image_column": image_column, "label_column": label_column}
+    splits_options = {
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "strict": strict,
+        "max_pixels": max_image_pixels,
+    }
     path = Path(source)
     if path.is_dir():
         if is_saved_hf_dataset(path):
             return load_hf_datasets(str(path), **hf_options, **splits_options)
-        return load_image_folder(path, strict=strict, **splits_options)
+        return load_image_folder(path, **splits_options)
     if path.suffix and path.exists():
         raise DataError(
             f"{source} is a file; pass an image folder, a saved dataset folder or a dataset name"

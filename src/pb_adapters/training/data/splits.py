@@ -12,7 +12,7 @@ from PIL import Image
 
 from pb_adapters.training.data.datasets import DataError, ImageClassificationDataset
 
-__all__ = ["DatasetSplits", "complete_splits", "stratified_split"]
+__all__ = ["DatasetSplits", "check_splits", "complete_splits", "stratified_split"]
 
 
 def stratified_split(
@@ -147,3 +147,38 @@ def complete_splits(
         notes.append(f"validation ({val_fraction:.0%}) carved from train, seed {seed}")
         return full.select(tr), full.select(va), test  # type: ignore[return-value]
     return full, validation, test  # type: ignore[return-value]
+
+
+def check_splits(splits: DatasetSplits, *, val_fraction: float, test_fraction: float) -> None:
+    """Refuse splits a run cannot learn from or would report meaningless results on.
+
+    At least two classes, a training split holding images of at least two, and a validation
+    and a test split that are not empty, unless their fraction is 0 (then they are meant to be
+    absent: nothing is evaluated or reported on them).
+
+    Raises:
+        DataError: saying which split and what to change.
+    """
+    if splits.num_labels < 2:
+        names = ", ".join(map(str, splits.id2label.values())) or "none"
+        raise DataError(
+            f"the data set {splits.name!r} has {splits.num_labels} class(es) ({names}): a "
+            "classifier needs at least two"
+        )
+    present = sorted(set(splits.train.labels))
+    if len(present) < 2:
+        raise DataError(
+            f"the training split of {splits.name} holds {len(splits.train)} image(s) of "
+            f"{len(present)} class(es): a classifier needs images of at least two"
+        )
+    smallest = int(min(splits.train.class_counts()[present]))
+    for split, fraction, option in (
+        ("validation", val_fraction, "val_fraction (--val-fraction)"),
+        ("test", test_fraction, "test_fraction (--test-fraction)"),
+    ):
+        if fraction > 0 and len(getattr(splits, split)) == 0:
+            raise DataError(
+                f"the {split} split of {splits.name} would have no images: {fraction:g} of a "
+                f"class rounds to none (the smallest training class has {smallest}); raise "
+                f"{option}, add images, or set it to 0 to train without a {split} split"
+            )
