@@ -21,12 +21,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._version import __version__
-from .errors import PbAdaptersError
+from .utils.reporting import EXIT_ERROR, run_reporting_errors
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 EXIT_OK = 0
-EXIT_ERROR = 2
 
 SubParsers = Any  # argparse's _SubParsersAction is private; keep the annotation honest
 
@@ -228,11 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
-    return text or type(err).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 2 usage or pb-adapters error)."""
     parser = build_parser()
@@ -242,14 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, or a usage error already printed
         return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
     args.argv = argv  # the raw tokens, for sub-commands that re-parse (train --config)
-    try:
-        return int(args.func(args))
-    except PbAdaptersError as err:
-        print(f"pb-adapters {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"pb-adapters {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_errors(f"pb-adapters {args.command}", lambda: int(args.func(args)))
 
 
 if __name__ == "__main__":

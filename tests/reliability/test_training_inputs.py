@@ -115,24 +115,22 @@ def split_folder_linked_to_train(root: Path) -> Path:
     return root
 
 
-def empty_class_folder(root: Path) -> Path:
-    _two_classes(root)
-    (root / "c").mkdir()
-    return root
+def _third_class_of(files: dict[str, bytes]) -> Callable[[Path], Path]:
+    """A builder: two good classes, and a third folder holding only ``files``."""
+
+    def build(root: Path) -> Path:
+        _two_classes(root)
+        (root / "c").mkdir()
+        for name, content in files.items():
+            (root / "c" / name).write_bytes(content)
+        return root
+
+    return build
 
 
-def class_of_unreadable_files(root: Path) -> Path:
-    _two_classes(root)
-    (root / "c").mkdir()
-    (root / "c" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
-    return root
-
-
-def class_of_text_files(root: Path) -> Path:
-    _two_classes(root)
-    (root / "c").mkdir()
-    (root / "c" / "readme.txt").write_text("not an image")
-    return root
+empty_class_folder = _third_class_of({})
+class_of_unreadable_files = _third_class_of({"broken.png": b"\x89PNG\r\n\x1a\n" + bytes(30)})
+class_of_text_files = _third_class_of({"readme.txt": b"not an image"})
 
 
 def single_class(root: Path) -> Path:

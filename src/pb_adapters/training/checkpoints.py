@@ -259,6 +259,10 @@ def read_checkpoint(
     reader = CheckpointReader(folder, data.get("files"))
     if reader.has(BEST_STATE_FILE):
         tensors, _ = reader.tensors(BEST_STATE_FILE, "best epoch's state", best_state_spec(model))
+        if not all(
+            bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()
+        ):
+            raise CheckpointError(f"{folder / BEST_STATE_FILE} holds non-finite values")
         run_state.best_state = tensors
     elif run_state.best_key is not None:
         raise CheckpointError(f"{folder} records a best epoch but lacks {BEST_STATE_FILE}")

@@ -230,8 +230,15 @@ class TrainingState:
 
 
 def _read_model(reader: CheckpointReader, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors; parameters must be finite (buffers may hold infinities, such as
+    attention masks)."""
     expected = {n: (t.dtype, tuple(t.shape)) for n, t in model_state(model).items()}
-    return reader.tensors(MODEL_FILE, "model state", expected)[0]
+    tensors = reader.tensors(MODEL_FILE, "model state", expected)[0]
+    parameters = {name for name, _ in model.named_parameters()}
+    for name, tensor in tensors.items():
+        if name in parameters and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{reader.folder / MODEL_FILE}: parameter {name!r} is not finite")
+    return tensors
 
 
 def _read_groups(index: dict[str, Any], optimizer: torch.optim.Optimizer, names: dict[int, str]):

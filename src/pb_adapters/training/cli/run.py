@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from pb_adapters.training.cli.parser import (
 from pb_adapters.training.data import DatasetSplits, build_transforms, load_datasets
 from pb_adapters.training.errors import OutputError
 from pb_adapters.training.trainer import PiggybackTrainer, make_accelerator, prepare_baseline_model
+from pb_adapters.utils.reporting import run_reporting_errors
 
 __all__ = ["create_backbone", "load_splits", "main", "run_training", "run_transforms"]
 
@@ -329,11 +329,6 @@ def _finish(
     return summary
 
 
-#: Exit status of a run refused or stopped by an error of the pb-adapters family (as argparse's
-#: usage errors, and as ``pb-adapters``).
-EXIT_ERROR = 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``examples/train.py``; returns the process exit code.
 
@@ -343,18 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_train_parser()
     ns = parse_train_args(parser, argv)
-    try:
-        summary = run_training(ns)
-    except PbAdaptersError as err:
-        print(f"{parser.prog}: error: {one_line(err)}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
-    return 0 if summary.get("reload_matches", True) else 1
 
+    def run() -> int:
+        return 0 if run_training(ns).get("reload_matches", True) else 1
 
-def one_line(err: BaseException) -> str:
-    """``err``'s message on one line (its class name when it has none)."""
-    text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
-    return text or type(err).__name__
+    return run_reporting_errors(parser.prog, run)
