@@ -220,3 +220,32 @@ def test_checkpoints_hold_only_safetensors_and_json(splits, tmp_path: Path) -> N
     some = next(iter(index["state"]))
     assert index["state"][some] == ["exp_avg", "exp_avg_sq", "step"]
     assert some in index["param_groups"][0]["params"] + index["param_groups"][1]["params"]
+
+
+def test_a_full_disk_while_checkpointing_is_a_checkpoint_error(
+    splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import pb_adapters.training.checkpoints as checkpoints_module
+
+    original = checkpoints_module.write_training_state
+    calls = {"n": 0}
+
+    def filling(folder, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            (folder / "model.safetensors").write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(folder, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints_module, "write_training_state", filling)
+    out = tmp_path / "run"
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        _trainer(splits, out, save_steps=1, save_total_limit=None).train()
+    root = out / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000001", "step-00000002"]
+    monkeypatch.setattr(checkpoints_module, "write_training_state", original)
+    resumed = _trainer(splits, out, resume_from_checkpoint="latest")
+    resumed.setup()  # the checkpoints before the failed save are whole
+    assert resumed._run is not None and resumed._run.state.global_step == 2

@@ -444,7 +444,7 @@ class PiggybackTrainer:
         run.rng_at_step = rng_state()
         try:
             self._train_epochs(run)
-        except (KeyboardInterrupt, DivergenceError) as stop:
+        except BaseException as stop:  # Ctrl-C, divergence, a failed checkpoint save...
             run.bar.close()
             if isinstance(stop, KeyboardInterrupt):
                 self._save_interrupted(run)
