@@ -24,12 +24,29 @@ def tiny_timm(
     if name.startswith("test_vit"):
         kwargs.setdefault("img_size", 32)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    # Random running statistics make frozen-BatchNorm tests meaningful.
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomize_norm_statistics(model).eval()
+
+
+def randomize_norm_statistics(model: nn.Module) -> nn.Module:
+    """Random BatchNorm running statistics: they make frozen-BatchNorm tests meaningful."""
+    with torch.no_grad():
+        for module in model.modules():
+            if (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and module.running_mean is not None
+            ):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def tiny_from_config(model_class: str, config_class: str, seed: int = 0, **config) -> nn.Module:
+    """Any transformers model, by class names, from a tiny config, in eval mode."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
+    return randomize_norm_statistics(model).eval()
 
 
 def tiny_transformers(kind: str = "vit", num_labels: int = 5, seed: int = 0) -> nn.Module:
