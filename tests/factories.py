@@ -110,3 +110,27 @@ def train_steps(model, x: torch.Tensor, y: torch.Tensor, steps: int = 3, lr: flo
         loss.backward()
         optimizer.step()
     model.eval()
+
+
+def image_folder(
+    root, classes, per_class: int = 4, *, splits=("train", "test"), size: int = 32, seed: int = 0
+):
+    """An image folder ``root/<split>/<class>/<i>.png`` of small noisy images, one base colour per
+    class (so a model's outputs differ between classes); returns ``root``."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split in splits:
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.array([(60 * c) % 256, (120 + 50 * c) % 256, (200 - 40 * c) % 256])
+            for i in range(per_class):
+                noise = rng.integers(-60, 61, size=(size, size, 3))
+                pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
