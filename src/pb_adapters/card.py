@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .base_registry import get_base, is_registered_base
 from .errors import ConfigError
-from .mask_coding import binary_entropy
+from .mask_coding import order0_entropy_bits
 from .registry import MethodSpec, get_method
 from .serialization import ARTIFACT_WEIGHTS_NAME, read_adapter_config
 from .utils.files import atomic_write_bytes
+from .utils.names import TIMM_HUB_PREFIXES, normalize_base_name
 
 __all__ = [
     "CARD_NAME",
@@ -126,10 +128,9 @@ class AdapterSummary:
 
     @property
     def hub_base_model(self) -> str | None:
-        """The base model as a Hub repo id (``hf-hub:`` prefix removed); None if not one."""
-        name = self.base_name or ""
-        for prefix in ("hf-hub:", "hf_hub:"):
-            name = name.removeprefix(prefix)
+        """The base model as a Hub repo id (``hf-hub:`` prefix and ``@revision`` removed); None if
+        not one."""
+        name = normalize_base_name(self.base_name or "").removeprefix(TIMM_HUB_PREFIXES[0])
         return name if _REPO_ID_RE.fullmatch(name) else None
 
 
@@ -218,7 +219,7 @@ def summarize_adapter(
         total_entries += entries
         if zeros is not None and entropy is not None:
             zeros += count
-            entropy += entries * binary_entropy(count / entries)
+            entropy += order0_entropy_bits(count, entries)
     if not modules:
         zeros = entropy = None
 
@@ -422,14 +423,11 @@ def _py(text: str) -> str:
 
 
 def _usage(summary: AdapterSummary, repo_id: str | None, subfolder: str | None) -> str:
-    from .training.demo import DEMO_BASE_MODEL_ID  # local: keeps the card light to import
-
     name = summary.base_name
-    if name == DEMO_BASE_MODEL_ID:
-        imports = ["from pb_adapters.training.demo import load_demo_backbone"]
-        build = ['base = load_demo_backbone()  # pip install "pb-adapters[examples]"']
+    if is_registered_base(name):  # a base known by name here, such as the offline demo backbone
+        imports, build = get_base(name).usage()
     elif summary.base_library == "timm" and name:
-        if summary.base_revision and name.startswith("hf-hub:") and "@" not in name:
+        if summary.base_revision and name.startswith(TIMM_HUB_PREFIXES) and "@" not in name:
             name = f"{name}@{summary.base_revision}"  # timm names a Hub revision inside the id
         imports = ["import timm"]
         build = [f"base = timm.create_model({_py(name)}, pretrained=True)"]

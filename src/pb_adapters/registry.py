@@ -50,8 +50,9 @@ class MethodSpec:
         layer_group: Name of the parameter group holding the method's layer parameters (the
             masks' scores, PackNet's free weights) in
             :meth:`~pb_adapters.PiggybackModel.parameter_groups`.
-        lr_fields: Parameter group -> the config field (and the ``TrainingArguments`` field of the
-            same name, which overrides it) holding that group's learning rate.
+        lr_fields: Parameter group -> the config field holding that group's learning rate. The
+            trainer's ``mask_lr`` / ``head_lr`` / ``norm_lr`` arguments override the layer group,
+            the head (and ``modules_to_save``) and the norms respectively, for every method.
         cli_options: Config field -> help text, for the fields the training command line exposes
             as ``--field-name`` options. Types and defaults come from the config dataclass; one
             option serves every method that has a field of that name.

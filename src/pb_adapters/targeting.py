@@ -11,10 +11,10 @@ models (transformers models without one, such as ``SiglipVisionModel``, have no 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import TargetingError
 from .methods.base import SUPPORTED_LAYER_TYPES, AdapterLayer, is_supported_layer
@@ -25,6 +25,8 @@ __all__ = [
     "find_norm_paths",
     "is_image_classifier",
     "is_norm_layer",
+    "is_transformers_model",
+    "iter_base_tensors",
     "match_module_names",
     "model_family",
     "resolve_target_modules",
@@ -41,14 +43,19 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-def model_family(model: nn.Module) -> ModelFamily:
-    """``"transformers"`` for a ``PreTrainedModel``, ``"timm"`` for a model with a timm
-    ``pretrained_cfg``, else ``"torch"``."""
+def is_transformers_model(model: object) -> bool:
+    """Whether ``model`` is a transformers ``PreTrainedModel`` (unwrap DDP and the like first)."""
     try:
         from transformers import PreTrainedModel
     except ImportError:  # pragma: no cover - transformers is a dependency
-        PreTrainedModel = ()  # type: ignore[assignment,misc]
-    if isinstance(model, PreTrainedModel):
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def model_family(model: nn.Module) -> ModelFamily:
+    """``"transformers"`` for a ``PreTrainedModel``, ``"timm"`` for a model with a timm
+    ``pretrained_cfg``, else ``"torch"``."""
+    if is_transformers_model(model):
         return "transformers"
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
         return "timm"
@@ -68,6 +75,42 @@ def is_norm_layer(module: nn.Module) -> bool:
     return name.endswith(("Norm", "Norm2d", "Norm1d", "NormAct2d")) and any(
         p is not None for p in module._parameters.values()
     )
+
+
+def iter_base_tensors(module: nn.Module, skip: Iterable[str] = ()) -> Iterator[tuple[str, Tensor]]:
+    """Yield ``(name, tensor)`` for the base weights of a plain or wrapped model.
+
+    Wrapped layers report their ``base_layer``'s tensors under the original names, so a wrapped
+    model and the plain model it came from yield the same items. Modules whose path is in
+    ``skip`` (the classifier head, which every task replaces) are left out, as are
+    ``num_batches_tracked`` counters (they never change outputs).
+    """
+    skipped = set(skip)
+    seen: set[int] = set()
+
+    def visit(current: nn.Module, path: str) -> Iterator[tuple[str, Tensor]]:
+        if path in skipped:
+            return
+        if isinstance(current, AdapterLayer):
+            current = current.base_layer
+        prefix = f"{path}." if path else ""
+        for name, param in current._parameters.items():
+            if param is not None and id(param) not in seen:
+                seen.add(id(param))
+                yield prefix + name, param
+        for name, buf in current._buffers.items():
+            if (
+                buf is None
+                or name == "num_batches_tracked"
+                or name in current._non_persistent_buffers_set
+            ):
+                continue
+            yield prefix + name, buf
+        for name, child in current._modules.items():
+            if child is not None:
+                yield from visit(child, prefix + name)
+
+    yield from visit(module, "")
 
 
 def _get(model: nn.Module, path: str) -> nn.Module | None:

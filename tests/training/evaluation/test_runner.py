@@ -113,8 +113,8 @@ def test_saved_task_on_a_given_base_scores_as_the_model(folder: Path, tmp_path: 
 
 def test_demo_task_on_demo_data_is_scored_as_the_demo_trained_it(folder: Path) -> None:
     from pb_adapters import PiggybackConfig, get_piggyback_model
+    from pb_adapters.demo_base import DEMO_BASE_MODEL_ID
     from pb_adapters.training.cli_args import DEMO_DEFAULTS
-    from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
 
     digits = {i: str(i) for i in range(10)}
     config = PiggybackConfig(id2label=digits, base_model_name_or_path=DEMO_BASE_MODEL_ID)

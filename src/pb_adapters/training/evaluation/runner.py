@@ -129,8 +129,8 @@ def _data_config(
     """The evaluation pre-processing: the model's own data config, the built-in demo's 64 px
     uncropped input for a demo task on demo data (what ``pb-adapters train`` used for it), and
     ``image_size`` / ``crop_pct`` over both."""
+    from pb_adapters.demo_base import DEMO_BASE_MODEL_ID
     from pb_adapters.training.cli_args import DEMO_DEFAULTS
-    from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
 
     config = resolve_data_config(model)
     name = "" if isinstance(dataset, DatasetSplits) else str(dataset).lower()
