@@ -23,11 +23,10 @@ from pb_adapters.hub import resolve_adapter_folder
 from pb_adapters.model import PiggybackModel
 from pb_adapters.serialization import read_adapter_config
 from pb_adapters.training.data import (
-    DEMO_DATASET_NAMES,
     DataConfig,
     DatasetSplits,
+    build_dataloader,
     build_transforms,
-    default_num_workers,
     load_datasets,
     resolve_data_config,
 )
@@ -124,17 +123,18 @@ def _scoring(model: PiggybackModel, adapter_name: str | None) -> Iterator[None]:
 
 
 def _data_config(
-    model: PiggybackModel, dataset: Any, image_size: int | None, crop_pct: float | None
+    model: PiggybackModel, splits: DatasetSplits, image_size: int | None, crop_pct: float | None
 ) -> DataConfig:
     """The evaluation pre-processing: the model's own data config, the built-in demo's 64 px
     uncropped input for a demo task on demo data (what ``pb-adapters train`` used for it), and
     ``image_size`` / ``crop_pct`` over both."""
     from pb_adapters.demo_base import DEMO_BASE_MODEL_ID
-    from pb_adapters.training.cli_args import DEMO_DEFAULTS
+    from pb_adapters.training.cli import DEMO_DEFAULTS
+    from pb_adapters.training.demo import DEMO_DATASET_NAME
 
     config = resolve_data_config(model)
-    name = "" if isinstance(dataset, DatasetSplits) else str(dataset).lower()
-    demo_data = name in DEMO_DATASET_NAMES or name.startswith("demo-")
+    name = splits.name  # the demo digits and their variants ("mnist-5k-inverted")
+    demo_data = name == DEMO_DATASET_NAME or name.startswith(f"{DEMO_DATASET_NAME}-")
     adapter = model.peft_config[model.active_adapter or ""]
     if demo_data and adapter.base_model_name_or_path == DEMO_BASE_MODEL_ID:
         config.image_size, config.crop_pct = DEMO_DEFAULTS["image_size"], DEMO_DEFAULTS["crop_pct"]
@@ -158,8 +158,7 @@ def _loader(
     data = getattr(splits, split)
     if max_samples is not None and max_samples < len(data):
         data = data.select(range(max_samples))
-    workers = default_num_workers() if num_workers is None else num_workers
-    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return build_dataloader(data, batch_size, num_workers=num_workers)
 
 
 def evaluate_adapter(
@@ -220,7 +219,7 @@ def evaluate_adapter(
         model.to(device)
     device = next(model.parameters()).device
     with _scoring(model, adapter_name):
-        data_config = _data_config(model, dataset, image_size, crop_pct)
+        data_config = _data_config(model, splits, image_size, crop_pct)
         loader = _loader(
             model,
             splits,
