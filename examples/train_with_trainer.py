@@ -38,7 +38,7 @@ def backbone(tiny: bool) -> torch.nn.Module:
 
         torch.manual_seed(0)
         return timm.create_model("test_resnet", pretrained=False).eval()
-    from pb_adapters.training.demo import load_demo_backbone
+    from pb_adapters.demo_base import load_demo_backbone
 
     return load_demo_backbone()
 

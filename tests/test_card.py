@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +190,7 @@ def test_transformers_usage_snippet(tmp_path: Path) -> None:
 
 
 def test_demo_backbone_usage_snippet_builds_the_shipped_backbone(tmp_path: Path) -> None:
-    from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
+    from pb_adapters.demo_base import DEMO_BASE_MODEL_ID
     from tests.factories import tiny_timm
 
     config = PiggybackConfig(num_labels=2, base_model_name_or_path=DEMO_BASE_MODEL_ID)
@@ -196,3 +198,39 @@ def test_demo_backbone_usage_snippet_builds_the_shipped_backbone(tmp_path: Path)
     model.save_pretrained(tmp_path)
     card = (tmp_path / "README.md").read_text()
     assert "base = load_demo_backbone()" in card and "timm.create_model" not in card
+
+
+_CARD_IMPORTS = """
+import sys
+from pb_adapters.card import build_model_card, write_model_card
+from pb_adapters.serialization import read_adapter_config
+
+heavy = ("pb_adapters.training", "timm", "torchvision", "transformers", "PIL")
+def loaded():
+    return sorted({m.split(".")[0] if not m.startswith("pb_adapters") else m for m in sys.modules
+                   if m.startswith(heavy)})
+print("import", loaded())
+build_model_card(read_adapter_config(sys.argv[1]))
+print("card", loaded())
+write_model_card(sys.argv[1])
+print("write", [m for m in loaded() if m != "PIL"], "matplotlib" in sys.modules)
+"""
+
+
+def test_writing_a_card_imports_no_training_code_and_no_model_library(tmp_path: Path) -> None:
+    from pb_adapters.demo_base import DEMO_BASE_MODEL_ID
+    from tests.factories import tiny_timm
+
+    config = PiggybackConfig(num_labels=2, base_model_name_or_path=DEMO_BASE_MODEL_ID)
+    get_piggyback_model(tiny_timm("test_resnet"), config).save_pretrained(
+        tmp_path, write_card=False
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", _CARD_IMPORTS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # The plot goes through matplotlib, which writes PNG files with Pillow: only then is PIL loaded.
+    assert run.stdout.splitlines() == ["import []", "card []", "write [] True"]
+    assert "base = load_demo_backbone()" in (tmp_path / "README.md").read_text()

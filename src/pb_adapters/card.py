@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .base_registry import get_base, is_registered_base
 from .errors import ConfigError
-from .mask_coding import binary_entropy
+from .mask_coding import order0_entropy_bits
 from .registry import MethodSpec, get_method
 from .serialization import ARTIFACT_WEIGHTS_NAME, read_adapter_config
 from .utils.files import atomic_write_bytes
+from .utils.names import TIMM_HUB_PREFIXES, normalize_base_name
 
 __all__ = [
     "CARD_NAME",
@@ -91,6 +93,7 @@ class AdapterSummary:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     tasks: list[dict[str, Any]] = field(default_factory=list)
     mask_entries: int | None = None
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def bits_per_masked_weight(self) -> float | None:
@@ -125,10 +128,9 @@ class AdapterSummary:
 
     @property
     def hub_base_model(self) -> str | None:
-        """The base model as a Hub repo id (``hf-hub:`` prefix removed); None if not one."""
-        name = self.base_name or ""
-        for prefix in ("hf-hub:", "hf_hub:"):
-            name = name.removeprefix(prefix)
+        """The base model as a Hub repo id (``hf-hub:`` prefix and ``@revision`` removed); None if
+        not one."""
+        name = normalize_base_name(self.base_name or "").removeprefix(TIMM_HUB_PREFIXES[0])
         return name if _REPO_ID_RE.fullmatch(name) else None
 
 
@@ -217,7 +219,7 @@ def summarize_adapter(
         total_entries += entries
         if zeros is not None and entropy is not None:
             zeros += count
-            entropy += entries * binary_entropy(count / entries)
+            entropy += order0_entropy_bits(count, entries)
     if not modules:
         zeros = entropy = None
 
@@ -267,7 +269,8 @@ def summarize_adapter(
         "base_model_revision",
     }
     hyper = {k: v for k, v in config.items() if k not in skip and isinstance(v, _SCALAR_TYPES)}
-    metrics = adapter_config.get("metrics") or {}
+    metrics = dict(adapter_config.get("metrics") or {})
+    evaluations = _evaluations(metrics.pop("evaluations", None))
     datasets = [str(d) for d in adapter_config.get("datasets") or []]
     if not datasets and isinstance(metrics.get("dataset"), str):
         datasets = [metrics["dataset"]]
@@ -296,7 +299,28 @@ def summarize_adapter(
         datasets=datasets,
         hyperparameters=hyper,
         tasks=_task_rows(adapter_config),
+        evaluations=evaluations,
     )
+
+
+def _evaluations(entries: Any) -> list[dict[str, Any]]:
+    """The well-formed ``metrics.evaluations`` entries (``pb-adapters evaluate`` results), each
+    ``{"dataset", "split", "num_samples", "metrics"}`` with numeric metrics only."""
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+            continue
+        if not isinstance(entry.get("dataset"), str) or not isinstance(entry.get("split"), str):
+            continue
+        out.append(
+            {
+                "dataset": entry["dataset"],
+                "split": entry["split"],
+                "num_samples": _int_or_none(entry.get("num_samples")),
+                "metrics": _numeric_metrics(entry["metrics"]),
+            }
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------- plot
@@ -399,14 +423,11 @@ def _py(text: str) -> str:
 
 
 def _usage(summary: AdapterSummary, repo_id: str | None, subfolder: str | None) -> str:
-    from .training.demo import DEMO_BASE_MODEL_ID  # local: keeps the card light to import
-
     name = summary.base_name
-    if name == DEMO_BASE_MODEL_ID:
-        imports = ["from pb_adapters.training.demo import load_demo_backbone"]
-        build = ['base = load_demo_backbone()  # pip install "pb-adapters[examples]"']
+    if is_registered_base(name):  # a base known by name here, such as the offline demo backbone
+        imports, build = get_base(name).usage()
     elif summary.base_library == "timm" and name:
-        if summary.base_revision and name.startswith("hf-hub:") and "@" not in name:
+        if summary.base_revision and name.startswith(TIMM_HUB_PREFIXES) and "@" not in name:
             name = f"{name}@{summary.base_revision}"  # timm names a Hub revision inside the id
         imports = ["import timm"]
         build = [f"base = timm.create_model({_py(name)}, pretrained=True)"]
@@ -457,11 +478,21 @@ def _metadata(summary: AdapterSummary, repo_id: str | None, subfolder: str | Non
     model_name = (repo_id or "pb-adapters-task").split("/")[-1]
     if subfolder:
         model_name = f"{model_name}/{subfolder}"
+    # (dataset, split, metric, value, name): the evaluations' results replace training's own
+    results = [
+        (e["dataset"], e["split"], key, value, key)
+        for e in summary.evaluations
+        for key, value in e["metrics"].items()
+    ]
     if metrics and summary.datasets:
-        dataset = summary.datasets[0]
-        eval_results = []
+        covered = {(dataset, split, metric) for dataset, split, metric, _, _ in results}
         for key, value in metrics.items():
             metric, split = _split_metric(key)
+            if (summary.datasets[0], split, metric) not in covered:
+                results.append((summary.datasets[0], split, metric, value, key))
+    if results:
+        eval_results = []
+        for dataset, split, metric, value, key in results:
             eval_results.append(
                 EvalResult(
                     task_type="image-classification",
@@ -480,7 +511,7 @@ def _metadata(summary: AdapterSummary, repo_id: str | None, subfolder: str | Non
         pipeline_tag="image-classification",
         tags=tags,
         datasets=summary.datasets or None,
-        metrics=sorted({_split_metric(k)[0] for k in metrics}) or None,
+        metrics=sorted({metric for _, _, metric, _, _ in results}) or None,
         eval_results=eval_results,
         model_name=model_name if eval_results else None,
         **extra,
@@ -507,6 +538,22 @@ def _tasks_table(tasks: list[dict[str, Any]]) -> list[str]:
             f"| {_cell(task['name'])} | {_cell(task['index'] or '')} | "
             f"{_cell(task['num_labels'] or '')} | {_cell(', '.join(task['datasets']))} |" + values
         )
+    return out
+
+
+def _evaluations_table(evaluations: list[dict[str, Any]]) -> list[str]:
+    names = sorted({k for e in evaluations for k in e["metrics"]})
+    out = [
+        "",
+        "## Evaluation with pb-adapters evaluate",
+        "",
+        "| dataset | split | images |" + "".join(f" {_cell(n)} |" for n in names),
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for e in evaluations:
+        values = "".join(f" {e['metrics'][n]:.4f} |" if n in e["metrics"] else " |" for n in names)
+        images = "" if e["num_samples"] is None else f"{e['num_samples']:,}"
+        out.append(f"| {_cell(e['dataset'])} | {_cell(e['split'])} | {images} |" + values)
     return out
 
 
@@ -598,6 +645,8 @@ def _body(
         on = f" on {', '.join(summary.datasets)}" if summary.datasets else ""
         out += ["", "## Evaluation", "", f"Results{on}.", "", "| metric | value |", "|---|---|"]
         out += [f"| {_cell(k)} | {v:.4f} |" for k, v in metrics.items()]
+    if summary.evaluations:
+        out += _evaluations_table(summary.evaluations)
     spec = _method_spec(summary.method)
     citation = spec.citation if spec is not None else None
     if citation:

@@ -10,8 +10,8 @@ from typing import Any
 
 from ..config import AdapterConfig
 from ..errors import BaseModelMismatchError
-from ..serialization import fingerprint_tensors, iter_base_tensors
-from ..targeting import model_family
+from ..serialization import fingerprint_tensors
+from ..targeting import iter_base_tensors, model_family
 
 __all__ = ["IdentityMixin"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..mask_coding import binary_entropy
+from ..mask_coding import order0_entropy_bits
 
 __all__ = ["AdapterInfo", "MaskStats", "StatsMixin"]
 
@@ -113,6 +113,6 @@ class StatsMixin:
                 stats.per_layer[path] = zeros / max(entries, 1)
                 stats.zeros += zeros
                 stats.num_masked += entries
-                stats.entropy_bits += entries * binary_entropy(zeros / max(entries, 1))
+                stats.entropy_bits += order0_entropy_bits(zeros, entries)
         stats.total = stats.zeros / max(stats.num_masked, 1)
         return stats
