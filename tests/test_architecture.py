@@ -41,17 +41,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pb_adapters.cli",),
 )
 
-#: Edges still present on this branch that belong to the training package's own refactor. The
-#: cycle check ignores them; each one that disappears must be deleted here (the test says so),
-#: and the whole allow-list goes once it is empty.
-KNOWN_EDGES: frozenset[tuple[str, str]] = frozenset(
-    {
-        # training.data and training.demo import each other (a cycle inside the training layer).
-        ("pb_adapters.training.data", "pb_adapters.training.demo"),
-        ("pb_adapters.training.demo", "pb_adapters.training.data"),
-    }
-)
-
 _RANKS = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 
@@ -220,8 +209,7 @@ def test_no_import_cycles() -> None:
     edges = import_edges()
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for source, target in edges:
-        if (source, target) not in KNOWN_EDGES:
-            graph[source].add(target)
+        graph[source].add(target)
     cycles = list(_cycles(graph))
     report = []
     for members in cycles:
@@ -230,13 +218,6 @@ def test_no_import_cycles() -> None:
             " <-> ".join(members) + "\n  " + "\n  ".join(_where(e, edges) for e in inside)
         )
     assert not cycles, "import cycles (function-local imports count):\n" + "\n".join(report)
-
-
-def test_known_edges_still_exist() -> None:
-    stale = sorted(KNOWN_EDGES - set(import_edges()))
-    assert not stale, (
-        f"allow-listed edges that no longer exist, delete them from KNOWN_EDGES: {stale}"
-    )
 
 
 def test_the_checker_sees_local_relative_and_type_checking_imports() -> None:

@@ -94,6 +94,7 @@ class AdapterSummary:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     tasks: list[dict[str, Any]] = field(default_factory=list)
     mask_entries: int | None = None
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
     base_weights: str | None = None
     base_checkpoint: str | None = None
 
@@ -289,7 +290,8 @@ def summarize_adapter(
         "base_model_revision",
     }
     hyper = {k: v for k, v in config.items() if k not in skip and isinstance(v, _SCALAR_TYPES)}
-    metrics = adapter_config.get("metrics") or {}
+    metrics = dict(adapter_config.get("metrics") or {})
+    evaluations = _evaluations(metrics.pop("evaluations", None))
     datasets = [str(d) for d in adapter_config.get("datasets") or []]
     if not datasets and isinstance(metrics.get("dataset"), str):
         datasets = [metrics["dataset"]]
@@ -320,7 +322,28 @@ def summarize_adapter(
         datasets=datasets,
         hyperparameters=hyper,
         tasks=_task_rows(adapter_config),
+        evaluations=evaluations,
     )
+
+
+def _evaluations(entries: Any) -> list[dict[str, Any]]:
+    """The well-formed ``metrics.evaluations`` entries (``pb-adapters evaluate`` results), each
+    ``{"dataset", "split", "num_samples", "metrics"}`` with numeric metrics only."""
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+            continue
+        if not isinstance(entry.get("dataset"), str) or not isinstance(entry.get("split"), str):
+            continue
+        out.append(
+            {
+                "dataset": entry["dataset"],
+                "split": entry["split"],
+                "num_samples": _int_or_none(entry.get("num_samples")),
+                "metrics": _numeric_metrics(entry["metrics"]),
+            }
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------- plot
@@ -520,11 +543,21 @@ def _metadata(summary: AdapterSummary, repo_id: str | None, subfolder: str | Non
     model_name = (repo_id or "pb-adapters-task").split("/")[-1]
     if subfolder:
         model_name = f"{model_name}/{subfolder}"
+    # (dataset, split, metric, value, name): the evaluations' results replace training's own
+    results = [
+        (e["dataset"], e["split"], key, value, key)
+        for e in summary.evaluations
+        for key, value in e["metrics"].items()
+    ]
     if metrics and summary.datasets:
-        dataset = summary.datasets[0]
-        eval_results = []
+        covered = {(dataset, split, metric) for dataset, split, metric, _, _ in results}
         for key, value in metrics.items():
             metric, split = _split_metric(key)
+            if (summary.datasets[0], split, metric) not in covered:
+                results.append((summary.datasets[0], split, metric, value, key))
+    if results:
+        eval_results = []
+        for dataset, split, metric, value, key in results:
             eval_results.append(
                 EvalResult(
                     task_type="image-classification",
@@ -543,7 +576,7 @@ def _metadata(summary: AdapterSummary, repo_id: str | None, subfolder: str | Non
         pipeline_tag="image-classification",
         tags=tags,
         datasets=summary.datasets or None,
-        metrics=sorted({_split_metric(k)[0] for k in metrics}) or None,
+        metrics=sorted({metric for _, _, metric, _, _ in results}) or None,
         eval_results=eval_results,
         model_name=model_name if eval_results else None,
         **extra,
@@ -570,6 +603,22 @@ def _tasks_table(tasks: list[dict[str, Any]]) -> list[str]:
             f"| {_cell(task['name'])} | {_cell(task['index'] or '')} | "
             f"{_cell(task['num_labels'] or '')} | {_cell(', '.join(task['datasets']))} |" + values
         )
+    return out
+
+
+def _evaluations_table(evaluations: list[dict[str, Any]]) -> list[str]:
+    names = sorted({k for e in evaluations for k in e["metrics"]})
+    out = [
+        "",
+        "## Evaluation with pb-adapters evaluate",
+        "",
+        "| dataset | split | images |" + "".join(f" {_cell(n)} |" for n in names),
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for e in evaluations:
+        values = "".join(f" {e['metrics'][n]:.4f} |" if n in e["metrics"] else " |" for n in names)
+        images = "" if e["num_samples"] is None else f"{e['num_samples']:,}"
+        out.append(f"| {_cell(e['dataset'])} | {_cell(e['split'])} | {images} |" + values)
     return out
 
 
@@ -668,6 +717,8 @@ def _body(
         on = f" on {', '.join(summary.datasets)}" if summary.datasets else ""
         out += ["", "## Evaluation", "", f"Results{on}.", "", "| metric | value |", "|---|---|"]
         out += [f"| {_cell(k)} | {v:.4f} |" for k, v in metrics.items()]
+    if summary.evaluations:
+        out += _evaluations_table(summary.evaluations)
     spec = _method_spec(summary.method)
     citation = spec.citation if spec is not None else None
     if citation:

