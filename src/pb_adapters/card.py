@@ -13,6 +13,7 @@ import json
 import math
 import re
 import struct
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .base_registry import get_base, is_registered_base
 from .errors import ConfigError
 from .mask_coding import order0_entropy_bits
 from .registry import MethodSpec, get_method
-from .serialization import ARTIFACT_WEIGHTS_NAME, read_adapter_config
+from .serialization import ARTIFACT_WEIGHTS_NAME, BASE_WEIGHTS, read_adapter_config
 from .utils.files import atomic_write_bytes
 from .utils.names import TIMM_HUB_PREFIXES, normalize_base_name
 
@@ -94,6 +95,8 @@ class AdapterSummary:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     mask_entries: int | None = None
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    base_weights: str | None = None
+    base_checkpoint: str | None = None
 
     @property
     def bits_per_masked_weight(self) -> float | None:
@@ -128,10 +131,28 @@ class AdapterSummary:
 
     @property
     def hub_base_model(self) -> str | None:
-        """The base model as a Hub repo id (``hf-hub:`` prefix and ``@revision`` removed); None if
-        not one."""
+        """The base model as a Hub repo id (``hf-hub:`` prefix and ``@revision`` removed); None
+        unless the base is a Hub checkpoint whose weights the adapter was trained on, unchanged
+        (``base_weights == "pretrained"``)."""
+        if self.base_weights != "pretrained":
+            return None
         name = normalize_base_name(self.base_name or "").removeprefix(TIMM_HUB_PREFIXES[0])
         return name if _REPO_ID_RE.fullmatch(name) else None
+
+    @property
+    def base_weights_text(self) -> str:
+        """What the base's weights were, in words, for the card and ``pb-adapters info``."""
+        checkpoint = f"`{self.base_checkpoint}`" if self.base_checkpoint else "a checkpoint"
+        if self.base_weights == "pretrained":
+            return "pretrained: exactly the weights of the checkpoint named above"
+        if self.base_weights == "random":
+            return "randomly initialised: no pretrained weights"
+        if self.base_weights == "modified":
+            return f"changed locally from {checkpoint}"
+        if self.base_weights == "unknown":
+            said = f" (said to be {checkpoint})" if self.base_checkpoint else ""
+            return f"of unverified origin{said}"
+        return "not recorded (an artifact written before pb-adapters recorded it)"
 
 
 def _safetensors_sizes(path: Path) -> dict[str, int] | None:
@@ -295,6 +316,8 @@ def summarize_adapter(
         per_layer_sparsity=per_layer,
         entropy_bits=entropy,
         mask_entries=total_entries if zeros is not None else None,
+        base_weights=base.get("weights") if base.get("weights") in BASE_WEIGHTS else None,
+        base_checkpoint=base.get("checkpoint"),
         metrics=dict(metrics) if isinstance(metrics, dict) else {},
         datasets=datasets,
         hyperparameters=hyper,
@@ -422,26 +445,68 @@ def _py(text: str) -> str:
     return json.dumps(text)
 
 
-def _usage(summary: AdapterSummary, repo_id: str | None, subfolder: str | None) -> str:
+def _comment(text: str) -> list[str]:
+    return ["# " + line for line in textwrap.wrap(text, width=94)]
+
+
+def _pretrained_base(summary: AdapterSummary) -> tuple[list[str], list[str]] | None:
+    """Import lines and code that create the base checkpoint (pretrained weights only)."""
     name = summary.base_name
+    if summary.base_weights != "pretrained" or not name:
+        return None
     if is_registered_base(name):  # a base known by name here, such as the offline demo backbone
-        imports, build = get_base(name).usage()
-    elif summary.base_library == "timm" and name:
+        return get_base(name).usage()
+    if summary.base_library == "timm":
         if summary.base_revision and name.startswith(TIMM_HUB_PREFIXES) and "@" not in name:
             name = f"{name}@{summary.base_revision}"  # timm names a Hub revision inside the id
-        imports = ["import timm"]
-        build = [f"base = timm.create_model({_py(name)}, pretrained=True)"]
-    elif summary.base_library == "transformers" and name:
+        return ["import timm"], [f"base = timm.create_model({_py(name)}, pretrained=True)"]
+    if summary.base_library == "transformers":
         revision = f", revision={_py(summary.base_revision)}" if summary.base_revision else ""
-        imports = ["from transformers import AutoModelForImageClassification"]
-        build = [f"base = AutoModelForImageClassification.from_pretrained({_py(name)}{revision})"]
-    else:
-        imports = []
+        return ["from transformers import AutoModelForImageClassification"], [
+            f"base = AutoModelForImageClassification.from_pretrained({_py(name)}{revision})"
+        ]
+    return None
+
+
+def _other_base(summary: AdapterSummary) -> tuple[list[str], list[str]]:
+    """Import lines and code for a base that no checkpoint name creates: what the weights were,
+    and the architecture (timm) or a placeholder to replace."""
+    arch = summary.base_architecture or summary.base_name or "model"
+    exact = "load the exact weights the adapter was trained on (their fingerprint is checked)"
+    if summary.base_weights == "random":
+        note = (
+            f"The adapter was trained on a randomly initialised {arch}, not on pretrained "
+            f"weights. A new random initialisation differs: {exact}."
+        )
+    elif summary.base_weights in ("modified", "unknown"):
+        note = f"The adapter was trained on {arch} weights {summary.base_weights_text}: {exact}."
+    elif summary.base_weights == "pretrained":  # a checkpoint no library here creates by name
+        note = f"The adapter was trained on the weights of {summary.base_name}: {exact}."
+    else:  # not recorded
+        note = (
+            f"This artifact does not record whether its base held the weights of "
+            f"{summary.base_name or arch}: build the base it was trained on (its fingerprint is "
+            "checked)."
+        )
+    if summary.base_library == "timm" and summary.base_weights in ("random", "modified", "unknown"):
+        return ["import timm"], [
+            *_comment(note),
+            f"base = timm.create_model({_py(arch)}, pretrained=False)",
+            "base.load_state_dict(...)",
+        ]
+    return [], [*_comment(note), "base = ..."]
+
+
+def _usage(summary: AdapterSummary, repo_id: str | None, subfolder: str | None) -> str:
+    if summary.base_library not in ("timm", "transformers") and summary.base_weights is None:
+        imports: list[str] = []
         build = [
             "# Build the base model exactly as it was when the adapter was trained:",
             "# its weights are checked against the fingerprint below.",
             "base = ...",
         ]
+    else:
+        imports, build = _pretrained_base(summary) or _other_base(summary)
     target = _py(repo_id or "path/to/this/folder")
     extra = f", subfolder={_py(subfolder)}" if subfolder else ""
     call = (
@@ -570,6 +635,12 @@ def _body(
     base_link = (
         f"[`{base}`](https://huggingface.co/{base})" if summary.hub_base_model else f"`{base}`"
     )
+    if summary.base_weights == "random":
+        base_link += " (randomly initialised, not pretrained)"
+    elif summary.base_weights in ("modified", "unknown"):
+        base_link += f" (weights {summary.base_weights_text})"
+    # Only a checkpoint has revisions; other bases are recorded under their architecture.
+    revision = "unknown" if summary.base_weights in (None, "pretrained") else "none"
     bits = summary.bits_per_masked_weight
     cost = f" (about {bits:.2f} bits per masked weight)" if bits is not None else ""
     labels = f"a {summary.num_labels}-class head" if summary.num_labels else "a task head"
@@ -594,7 +665,8 @@ def _body(
         "| | |",
         "|---|---|",
         f"| name | `{_cell(summary.base_name or 'unknown')}` |",
-        f"| revision | `{_cell(summary.base_revision or 'unknown')}` |",
+        f"| revision | `{_cell(summary.base_revision or revision)}` |",
+        f"| weights | {_cell(summary.base_weights_text)} |",
         f"| library | {_cell(summary.base_library or 'unknown')} |",
         f"| architecture | `{_cell(summary.base_architecture or 'unknown')}` |",
         f"| fingerprint | `{_cell(summary.base_fingerprint or 'unknown')}` |",
@@ -685,6 +757,7 @@ def hub_config(adapter_config: dict[str, Any]) -> dict[str, Any]:
         "format_version": summary.format_version,
         "base_model": summary.base_name,
         "base_model_revision": summary.base_revision,
+        "base_model_weights": summary.base_weights,
         "base_library": summary.base_library,
         "architecture": summary.base_architecture,
         "num_labels": summary.num_labels,

@@ -151,6 +151,11 @@ class SavingMixin:
                 | self._task_record(other, f"tasks.{other}.", *task_metrics(other), tensors)
                 for other in group[:-1]
             ]
+        # Every stored config names the base as the record does (what the weights bear out).
+        base = data["base_model"]
+        for record in [data, *data.get("tasks", [])]:
+            record["config"]["base_model_name_or_path"] = base["name_or_path"]
+            record["config"]["base_model_revision"] = base["revision"]
         return data, tensors, planes
 
     def record_metrics(
