@@ -26,6 +26,7 @@ from torch import nn
 from pb_adapters.errors import PbAdaptersError
 from pb_adapters.methods import available_methods, get_method
 from pb_adapters.training.data import DatasetSplits, build_transforms, load_datasets
+from pb_adapters.training.sharding import full_parameters, is_sharded
 from pb_adapters.training.tracking import resolve_report_to
 from pb_adapters.training.trainer import (
     PiggybackTrainer,
@@ -552,6 +553,56 @@ def training_arguments_from_args(ns: argparse.Namespace) -> TrainingArguments:
     )
 
 
+def _adapter_figures(
+    summary: dict[str, Any],
+    model: nn.Module,
+    result: Any,
+    mask_encoding: str,
+    say: Callable[..., None],
+) -> None:
+    """Add the mask sparsity and artifact size of a trained adapter to ``summary``; say them."""
+    stats = model.mask_stats()
+    masked = int(model.adapter_size()["masked_weights"])
+    summary["mask_zeros_fraction"] = stats.total
+    summary["num_masked_weights"] = masked
+    # One entry per weight (piggyback) or per kernel (KSM): zeros are counted per entry.
+    summary["num_mask_entries"] = stats.num_masked
+    if stats.num_masked == masked:
+        say(f"mask: {stats.total:.2%} of {masked:,} masked weights are zero")
+    else:
+        say(
+            f"mask: {stats.total:.2%} of {stats.num_masked:,} mask entries are zero "
+            f"({masked:,} masked weights)"
+        )
+    if result.artifact_dir is not None:
+        files = _artifact_bytes(result.artifact_dir)
+        total = sum(files.values())
+        size = model.adapter_size(mask_encoding=mask_encoding)
+        weights_bytes = files.get("adapter_model.safetensors", 0)
+        summary["artifact_bytes"] = total
+        summary["artifact_files"] = files
+        summary["mask_bytes"] = int(size["mask_bytes"])
+        summary["head_bytes"] = int(size["module_bytes"])
+        # masks alone, and everything stored per task (masks + head + encoding overhead)
+        summary["mask_bits_per_masked_weight"] = float(size["bits_per_masked_weight"])
+        summary["packed_mask_bits_per_masked_weight"] = float(size["packed_bits_per_masked_weight"])
+        summary["mask_entropy_bits_per_masked_weight"] = stats.entropy_bits / max(masked, 1)
+        summary["bits_per_masked_weight"] = 8 * weights_bytes / max(masked, 1)
+        say(
+            f"artifact: {result.artifact_dir} ({total:,} bytes: "
+            + ", ".join(f"{k} {v:,}" for k, v in files.items())
+            + ")"
+        )
+        say(
+            f"size per task: masks {summary['mask_bytes']:,} bytes "
+            f"({summary['mask_bits_per_masked_weight']:.3f} bits per masked weight as stored, "
+            f"{summary['packed_mask_bits_per_masked_weight']:.3f} bit-packed, entropy "
+            f"{summary['mask_entropy_bits_per_masked_weight']:.3f}), head "
+            f"{summary['head_bytes']:,} bytes; adapter_model.safetensors = "
+            f"{summary['bits_per_masked_weight']:.3f} bits per masked weight"
+        )
+
+
 def run_training(
     ns: argparse.Namespace, print_fn: Callable[..., None] | None = None
 ) -> dict[str, Any]:
@@ -634,62 +685,25 @@ def run_training(
     }
     model = trainer.model
     if mode == "adapter":
-        stats = model.mask_stats()
-        masked = int(model.adapter_size()["masked_weights"])
-        summary["mask_zeros_fraction"] = stats.total
-        summary["num_masked_weights"] = masked
-        # One entry per weight (piggyback) or per kernel (KSM): zeros are counted per entry.
-        summary["num_mask_entries"] = stats.num_masked
-        if stats.num_masked == masked:
-            say(f"mask: {stats.total:.2%} of {masked:,} masked weights are zero")
-        else:
-            say(
-                f"mask: {stats.total:.2%} of {stats.num_masked:,} mask entries are zero "
-                f"({masked:,} masked weights)"
-            )
-        if result.artifact_dir is not None:
-            files = _artifact_bytes(result.artifact_dir)
-            total = sum(files.values())
-            size = model.adapter_size(mask_encoding=ns.mask_encoding)
-            weights_bytes = files.get("adapter_model.safetensors", 0)
-            summary["artifact_bytes"] = total
-            summary["artifact_files"] = files
-            summary["mask_bytes"] = int(size["mask_bytes"])
-            summary["head_bytes"] = int(size["module_bytes"])
-            # masks alone, and everything stored per task (masks + head + encoding overhead)
-            summary["mask_bits_per_masked_weight"] = float(size["bits_per_masked_weight"])
-            summary["packed_mask_bits_per_masked_weight"] = float(
-                size["packed_bits_per_masked_weight"]
-            )
-            summary["mask_entropy_bits_per_masked_weight"] = stats.entropy_bits / max(masked, 1)
-            summary["bits_per_masked_weight"] = 8 * weights_bytes / max(masked, 1)
-            say(
-                f"artifact: {result.artifact_dir} ({total:,} bytes: "
-                + ", ".join(f"{k} {v:,}" for k, v in files.items())
-                + ")"
-            )
-            say(
-                f"size per task: masks {summary['mask_bytes']:,} bytes "
-                f"({summary['mask_bits_per_masked_weight']:.3f} bits per masked weight as stored, "
-                f"{summary['packed_mask_bits_per_masked_weight']:.3f} bit-packed, entropy "
-                f"{summary['mask_entropy_bits_per_masked_weight']:.3f}), head "
-                f"{summary['head_bytes']:,} bytes; adapter_model.safetensors = "
-                f"{summary['bits_per_masked_weight']:.3f} bits per masked weight"
-            )
-            if not ns.no_reload_check:
-                from pb_adapters import PiggybackModel
+        # FSDP: the figures need whole tensors, gathered onto the main process (which alone
+        # prints and writes the summary); without FSDP every process computes them
+        with full_parameters(model, acc.is_main_process):
+            if acc.is_main_process or not is_sharded(model):
+                _adapter_figures(summary, model, result, ns.mask_encoding, say)
+        if result.artifact_dir is not None and not ns.no_reload_check:
+            from pb_adapters import PiggybackModel
 
-                acc.wait_for_everyone()
-                fresh = make_base()
-                reloaded = PiggybackModel.from_pretrained(fresh, result.artifact_dir).to(acc.device)
-                again = trainer.evaluate(splits.test, model=reloaded)
-                summary["reloaded_test_accuracy"] = again["top1"]
-                same = abs(again["top1"] - result.test["top1"]) < 1e-12
-                summary["reload_matches"] = same
-                say(
-                    f"reloaded onto a fresh backbone: test top-1 {again['top1']:.2%} "
-                    f"(after training {result.test['top1']:.2%}) -> {'identical' if same else 'DIFFERENT'}"
-                )
+            acc.wait_for_everyone()
+            fresh = make_base()
+            reloaded = PiggybackModel.from_pretrained(fresh, result.artifact_dir).to(acc.device)
+            again = trainer.evaluate(splits.test, model=reloaded)
+            summary["reloaded_test_accuracy"] = again["top1"]
+            same = abs(again["top1"] - result.test["top1"]) < 1e-12
+            summary["reload_matches"] = same
+            say(
+                f"reloaded onto a fresh backbone: test top-1 {again['top1']:.2%} "
+                f"(after training {result.test['top1']:.2%}) -> {'identical' if same else 'DIFFERENT'}"
+            )
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
     if acc.is_main_process:
         Path(args.output_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -58,6 +58,15 @@ from pb_adapters.training.checkpoints import (
 )
 from pb_adapters.training.data import DatasetSplits, default_num_workers
 from pb_adapters.training.metrics import ClassificationMetrics
+from pb_adapters.training.sharding import (
+    check_supported,
+    full_parameters,
+    is_sharded,
+    keep_weights_sharded,
+    local_tensor,
+    reshard,
+    shard_file_name,
+)
 from pb_adapters.utils.files import atomic_write_bytes
 
 __all__ = [
@@ -672,6 +681,7 @@ class PiggybackTrainer:
         return metrics.compute()
 
     def _snapshot(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        reshard(model)  # FSDP: this process's slices, not the outer unit's gathered weights
         state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         for n, b in model.named_buffers():
             if b.is_floating_point() or n.endswith("num_batches_tracked"):
@@ -680,12 +690,13 @@ class PiggybackTrainer:
 
     @staticmethod
     def _restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        reshard(model)
         params = dict(model.named_parameters())
         buffers = dict(model.named_buffers())
         with torch.no_grad():
             for key, value in state.items():
                 target = buffers[key[7:]] if key.startswith("buffer:") else params[key]
-                target.copy_(value)
+                local_tensor(target).copy_(local_tensor(value))  # FSDP: this process's slice
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
@@ -729,11 +740,11 @@ class PiggybackTrainer:
         with _quiet_shared_tensor_notice():
             acc.save_state(str(tmp))
         _save_rng_state(tmp / f"rng_state_{acc.process_index}.safetensors")
+        if best_state is not None and (acc.is_main_process or is_sharded(self.model)):
+            tensors = {k: local_tensor(v).contiguous().cpu() for k, v in best_state.items()}
+            save_file(tensors, tmp / self._best_file())
+        acc.wait_for_everyone()  # every process's files are in the folder before it is renamed
         if acc.is_main_process:
-            if best_state is not None:
-                save_file(
-                    {k: v.contiguous().cpu() for k, v in best_state.items()}, tmp / _BEST_FILE
-                )
             # the JSON state is written last: its presence marks a complete checkpoint
             (tmp / _STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
             commit_folder(tmp, root / name)
@@ -744,6 +755,12 @@ class PiggybackTrainer:
                     remove_folder(old)
         acc.wait_for_everyone()
         return root / name
+
+    def _best_file(self) -> str:
+        """This process's file of the best epoch's state in a checkpoint (its slice under FSDP)."""
+        if is_sharded(self.model):
+            return shard_file_name(_BEST_FILE, self.accelerator.process_index)
+        return _BEST_FILE
 
     # ---------------------------------------------------------------- training
     def train(self) -> TrainResult:
@@ -756,6 +773,7 @@ class PiggybackTrainer:
         from tqdm.auto import tqdm
 
         args, acc = self.args, self.accelerator
+        check_supported(acc)
         set_seed(args.seed)
         resume = (
             self.resolve_checkpoint(args.resume_from_checkpoint)
@@ -777,10 +795,13 @@ class PiggybackTrainer:
         sampler = train_loader.sampler
         val_loader = self._loader(self.eval_dataset, train=False)
         test_loader = self._loader(self.test_dataset, train=False)
+        # train mode first: eval-cached weights are buffers that DDP would record and broadcast
+        self._set_train_mode(self.model)
         model, optimizer, train_loader = acc.prepare(self.model, optimizer, train_loader)
         val_loader = acc.prepare_data_loader(val_loader) if val_loader is not None else None
         test_loader = acc.prepare_data_loader(test_loader) if test_loader is not None else None
         unwrapped = acc.unwrap_model(model)
+        keep_weights_sharded(unwrapped)
 
         batches = len(train_loader)
         if args.max_steps_per_epoch is not None:
@@ -816,8 +837,8 @@ class PiggybackTrainer:
             global_step, ema, history = saved["global_step"], saved["ema"], saved["history"]
             best = tuple(saved["best_key"]) if saved["best_key"] is not None else None
             best_epoch, best_val, partial = saved["best_epoch"], saved["best_val"], saved["partial"]
-            if (resume / _BEST_FILE).is_file():
-                best_state = load_file(resume / _BEST_FILE)
+            if (resume / self._best_file()).is_file():
+                best_state = load_file(resume / self._best_file())
             if partial is None:  # the checkpoint was taken after the epoch's validation
                 start_epoch, skip, partial = start_epoch + 1, 0, None
             if acc.is_main_process:  # the metrics file holds exactly the checkpoint's history
@@ -1083,18 +1104,19 @@ class PiggybackTrainer:
         """Save the adapter into ``output_dir`` (main process only); return the folder."""
         acc = self.accelerator
         folder: Path | None = None
-        if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            datasets = [self.dataset_name] if self.dataset_name else None
-            folder = Path(
-                model.save_pretrained(
-                    self.output_dir,
-                    metrics=self.artifact_metrics(result),
-                    datasets=datasets,
-                    mask_encoding=self.args.mask_encoding,
+        model = acc.unwrap_model(self.model)
+        with full_parameters(model, acc.is_main_process):  # FSDP: gathered on the main process
+            if acc.is_main_process:
+                datasets = [self.dataset_name] if self.dataset_name else None
+                folder = Path(
+                    model.save_pretrained(
+                        self.output_dir,
+                        metrics=self.artifact_metrics(result),
+                        datasets=datasets,
+                        mask_encoding=self.args.mask_encoding,
+                    )
+                    or self.output_dir
                 )
-                or self.output_dir
-            )
         acc.wait_for_everyone()
         return folder or self.output_dir
 
