@@ -433,3 +433,26 @@ def test_per_task_norms_and_saved_modules_round_trip(tmp_path):
     assert torch.equal(reloaded(x), expected)
     with reloaded.disable_adapter():
         assert torch.equal(reloaded(x), tiny_timm("test_resnet")(x))
+
+
+# ---------------------------------------------------------------------------- public surface
+def test_api_page_lists_every_public_member():
+    # The class is composed of mixins, so the API page lists its members by hand (in reading
+    # order); a public method added to any part of the class must be added there too.
+    page = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text().splitlines()
+    start = page.index("::: pb_adapters.PiggybackModel")
+    listed = []
+    for line in page[start + 1 :]:
+        if line and not line.startswith(" "):
+            break
+        if line.strip().startswith("- "):
+            listed.append(line.strip()[2:])
+    public = {
+        name
+        for cls in PiggybackModel.__mro__
+        if cls not in (torch.nn.Module, object)
+        for name in vars(cls)
+        if not name.startswith("_")
+    }
+    assert len(listed) == len(set(listed))
+    assert set(listed) == public

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePath
 from typing import Any
 
+from .card import CARD_NAME, HUB_CONFIG_NAME, PLOT_NAME, write_model_card
 from .errors import ArtifactError, HubError, PbAdaptersError
 from .serialization import ARTIFACT_CONFIG_NAME, ARTIFACT_WEIGHTS_NAME
 
@@ -31,6 +32,7 @@ __all__ = [
     "ARTIFACT_FILES",
     "CARD_FILES",
     "download_adapter",
+    "hub_failure",
     "is_local_reference",
     "push_folder_to_hub",
     "resolve_adapter_folder",
@@ -42,7 +44,7 @@ __all__ = [
 ARTIFACT_FILES: tuple[str, ...] = (ARTIFACT_CONFIG_NAME, ARTIFACT_WEIGHTS_NAME)
 """The files a task needs to be loaded."""
 
-CARD_FILES: tuple[str, ...] = ("README.md", "mask_sparsity.png", "config.json")
+CARD_FILES: tuple[str, ...] = (CARD_NAME, PLOT_NAME, HUB_CONFIG_NAME)
 """The files that describe a task on the Hub (model card, its plot, the download-count config)."""
 
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
@@ -340,6 +342,45 @@ def _translate(
     return HubError(f"Hub operation on {repo_id} failed: {type(err).__name__}: {err}")
 
 
+def hub_failure(
+    err: BaseException, *, repo_id: str, revision: str | None = None, token: Any = None
+) -> HubError | None:
+    """A short :class:`HubError` if ``err`` (or an exception it chains) is a Hub access problem.
+
+    For code that calls another library's Hub download (timm, transformers) and must tell a
+    missing, private or gated repository, an unknown revision, offline mode or a network failure
+    from any other error; ``None`` for the other errors.
+    """
+    from huggingface_hub.errors import (
+        DisabledRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    access = (
+        DisabledRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+        OfflineModeIsEnabled,
+        LocalEntryNotFoundError,
+    )
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        status = getattr(getattr(current, "response", None), "status_code", None)
+        specific = isinstance(current, access) or (
+            isinstance(current, HfHubHTTPError) and status in (401, 403)
+        )
+        if specific or _network_reason(current) is not None:
+            return _translate(current, repo_id=repo_id, revision=revision, token=token)
+        current = current.__cause__ or current.__context__
+    return None
+
+
 # ---------------------------------------------------------------------------- downloading
 def _local_folder(reference: str | os.PathLike[str], subfolder: str | None) -> Path:
     folder = Path(reference).expanduser()
@@ -495,8 +536,6 @@ def download_adapter(
 # ---------------------------------------------------------------------------- pushing
 def _stage_with_card(folder: Path, repo_id: str, subfolder: str | None, stage: Path) -> None:
     """Copy the artifact to ``stage`` and write the card files there (the source is untouched)."""
-    from .card import write_model_card
-
     for name in ARTIFACT_FILES:
         shutil.copy2(folder / name, stage / name)
     write_model_card(stage, repo_id=repo_id, subfolder=subfolder)
@@ -553,7 +592,7 @@ def push_folder_to_hub(
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="pb-adapters-push-") as tmp:
         upload_from = source
-        if write_card and not (source / "README.md").is_file():
+        if write_card and not (source / CARD_NAME).is_file():
             upload_from = Path(tmp)
             _stage_with_card(source, repo_id, sub, upload_from)
         try:

@@ -17,6 +17,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from .errors import ConfigError
 
@@ -50,8 +51,9 @@ class MethodSpec:
         layer_group: Name of the parameter group holding the method's layer parameters (the
             masks' scores, PackNet's free weights) in
             :meth:`~pb_adapters.PiggybackModel.parameter_groups`.
-        lr_fields: Parameter group -> the config field (and the ``TrainingArguments`` field of the
-            same name, which overrides it) holding that group's learning rate.
+        lr_fields: Parameter group -> the config field holding that group's learning rate. The
+            trainer's ``mask_lr`` / ``head_lr`` / ``norm_lr`` arguments override the layer group,
+            the head (and ``modules_to_save``) and the norms respectively, for every method.
         cli_options: Config field -> help text, for the fields the training command line exposes
             as ``--field-name`` options. Types and defaults come from the config dataclass; one
             option serves every method that has a field of that name.
@@ -59,7 +61,9 @@ class MethodSpec:
             summary`` that runs the method's own multi-phase training from the command line;
             ``None``: the standard single-run trainer.
         schedule_options: Options of the training command line that only the method's own
-            ``training_schedule`` reads (``--tasks``); refused for every other method.
+            ``training_schedule`` reads: the option (``"--tasks"``) -> the keywords of
+            ``argparse``'s ``add_argument`` for it (``help``, ``nargs``, ``action``...).
+            Refused for every other method.
     """
 
     name: str
@@ -72,7 +76,7 @@ class MethodSpec:
     lr_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_LR_FIELDS))
     cli_options: Mapping[str, str] = field(default_factory=dict)
     training_schedule: str | None = None
-    schedule_options: tuple[str, ...] = ()
+    schedule_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def lr_field(self, group: str) -> str:
         """The config field holding ``group``'s learning rate (the head's for unknown groups)."""

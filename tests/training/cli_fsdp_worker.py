@@ -13,7 +13,7 @@ import sys
 
 from accelerate.utils import FullyShardedDataParallelPlugin
 
-from pb_adapters.training import cli_args
+from pb_adapters.training.cli import main, run
 from pb_adapters.training.sharding import cpu_fsdp_accelerator
 
 
@@ -27,5 +27,5 @@ def _sharded_accelerator(args: object) -> object:
 
 
 if __name__ == "__main__":
-    cli_args.make_accelerator = _sharded_accelerator
-    sys.exit(cli_args.main(sys.argv[1:]))
+    run.make_accelerator = _sharded_accelerator
+    sys.exit(main(sys.argv[1:]))

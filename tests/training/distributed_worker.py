@@ -21,17 +21,20 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from pb_adapters import PiggybackConfig, get_piggyback_model
 from pb_adapters.training.data import DataConfig, build_transforms
 from pb_adapters.training.demo import load_demo_dataset
+from pb_adapters.training.run_state import RunState
 from pb_adapters.training.sharding import (
     cpu_fsdp_accelerator,
     full_parameters,
     is_sharded,
+    load_best_slice,
     local_tensor,
     reshard,
+    uses_fsdp,
 )
 from pb_adapters.training.trainer import PiggybackTrainer, TrainingArguments
 from tests.factories import tiny_timm
@@ -84,7 +87,12 @@ def _restore_from_last_checkpoint(
             if param.requires_grad:
                 local_tensor(param).zero_()
     last = sorted(checkpoints.glob("step-*"))[-1]
-    trainer._restore(model, load_file(last / trainer._best_file()))
+    acc = trainer.accelerator
+    if uses_fsdp(acc):
+        best = load_best_slice(last, acc.process_index)
+    else:
+        best = RunState.load(last).best_state
+    trainer._restore(model, best)
 
 
 def main(out: Path, batch_size: int, resume: bool, fsdp: bool, gpu: bool) -> None:

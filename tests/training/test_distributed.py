@@ -268,9 +268,9 @@ def test_fsdp_command_line_reports_the_figures_of_its_artifact(tmp_path: Path) -
     assert summary["reload_matches"] is True
     # the sparsity and sizes printed after training are those of the whole model, as saved
     from pb_adapters import PiggybackModel
-    from pb_adapters.training.cli_args import load_base_model
+    from pb_adapters.training.cli import create_backbone
 
-    saved = PiggybackModel.from_pretrained(load_base_model("test_resnet", seed=0), out)
+    saved = PiggybackModel.from_pretrained(create_backbone("test_resnet", seed=0), out)
     stats = saved.mask_stats()
     assert stats.zeros > 0
     assert summary["mask_zeros_fraction"] == stats.total

@@ -17,9 +17,11 @@ from pb_adapters.training.sharding import (
     full_parameters,
     is_sharded,
     keep_weights_sharded,
+    load_best_slice,
     local_tensor,
     reshard,
-    shard_file_name,
+    save_best_slice,
+    uses_fsdp,
 )
 from tests.factories import tiny_timm
 
@@ -46,11 +48,19 @@ def test_the_distributed_type_enum_compares_as_its_name():
     assert DistributedType.FSDP == "FSDP"
 
 
-def test_shard_file_names():
-    assert shard_file_name("best_state.safetensors", 1) == "best_state.shard-00001.safetensors"
-    assert shard_file_name("best_state.safetensors", 12) != shard_file_name(
-        "best_state.safetensors", 1
-    )
+def test_each_process_writes_and_reads_its_own_slice(tmp_path):
+    assert uses_fsdp(_accelerator("FSDP", 2)) and not uses_fsdp(_accelerator("MULTI_GPU"))
+    slices = {rank: {"w": torch.full((2, 3), float(rank))} for rank in (0, 1)}
+    for rank, tensors in slices.items():
+        save_best_slice(tensors, tmp_path, rank)
+    save_best_slice(None, tmp_path, 2)  # no best epoch yet: nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best_state.shard-00000.safetensors",
+        "best_state.shard-00001.safetensors",
+    ]
+    for rank, tensors in slices.items():
+        assert torch.equal(load_best_slice(tmp_path, rank)["w"], tensors["w"])
+    assert load_best_slice(tmp_path, 2) is None
 
 
 def test_without_fsdp_every_helper_leaves_the_model_alone():

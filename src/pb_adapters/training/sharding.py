@@ -9,8 +9,8 @@ Adam moments do not fit one device. Accelerate applies the sharding (``accelerat
 * :func:`check_supported` refuses FSDP1, before anything is written.
 * :func:`keep_weights_sharded` stops adapter layers from caching a full-size masked weight for
   evaluation, which would give every process a whole copy of the base again.
-* :func:`reshard`, :func:`local_tensor` and :func:`shard_file_name`: each process snapshots,
-  restores and checkpoints the slice of the best epoch's state it holds.
+* :func:`reshard`, :func:`local_tensor`, :func:`save_best_slice` and :func:`load_best_slice`:
+  each process snapshots, restores and checkpoints the slice of the best epoch's state it holds.
 * :func:`full_parameters` gathers the whole model onto the main process's CPU for the time it
   takes to write the artifact, so the artifact is byte for byte the one a DDP run writes.
 * :func:`cpu_fsdp_accelerator` shards across CPU processes, which Accelerate's launcher does not.
@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import PurePath
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from pb_adapters.errors import ConfigError
+from pb_adapters.training.run_state import BEST_STATE_FILE
 
 __all__ = [
     "check_supported",
@@ -41,9 +42,11 @@ __all__ = [
     "full_parameters",
     "is_sharded",
     "keep_weights_sharded",
+    "load_best_slice",
     "local_tensor",
     "reshard",
-    "shard_file_name",
+    "save_best_slice",
+    "uses_fsdp",
 ]
 
 
@@ -62,12 +65,17 @@ def is_sharded(model: nn.Module) -> bool:
     return bool(kinds) and any(isinstance(m, kinds) for m in model.modules())
 
 
+def uses_fsdp(accelerator: Any) -> bool:
+    """Whether ``accelerator`` shards models with FSDP."""
+    return getattr(accelerator, "distributed_type", None) == "FSDP"  # a str enum in Accelerate
+
+
 def check_supported(accelerator: Any) -> None:
     """Raise :class:`~pb_adapters.errors.ConfigError` if ``accelerator`` is set up for FSDP1.
 
     Called before training starts, so a refused run leaves nothing behind.
     """
-    if getattr(accelerator, "distributed_type", None) != "FSDP":  # a str enum in Accelerate
+    if not uses_fsdp(accelerator):
         return
     plugin = getattr(accelerator.state, "fsdp_plugin", None)
     if getattr(plugin, "fsdp_version", 2) != 2:
@@ -140,11 +148,29 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return to_local() if callable(to_local) else tensor
 
 
-def shard_file_name(name: str, process_index: int) -> str:
-    """The file process ``process_index`` writes its slice of ``name`` to:
-    ``best_state.safetensors`` -> ``best_state.shard-00001.safetensors``."""
-    path = PurePath(name)
-    return f"{path.stem}.shard-{process_index:05d}{path.suffix}"
+def _slice_file(folder: Path, process_index: int) -> Path:
+    """``best_state.safetensors`` -> ``best_state.shard-00001.safetensors``."""
+    name = Path(BEST_STATE_FILE)
+    return folder / f"{name.stem}.shard-{process_index:05d}{name.suffix}"
+
+
+def save_best_slice(
+    best_state: dict[str, torch.Tensor] | None, folder: Path, process_index: int
+) -> None:
+    """Write this process's slice of the best epoch's state into checkpoint ``folder``."""
+    from safetensors.torch import save_file
+
+    if best_state is not None:
+        tensors = {k: local_tensor(v).contiguous().cpu() for k, v in best_state.items()}
+        save_file(tensors, _slice_file(folder, process_index))
+
+
+def load_best_slice(folder: Path, process_index: int) -> dict[str, torch.Tensor] | None:
+    """This process's slice of the best epoch's state in checkpoint ``folder`` (None if absent)."""
+    from safetensors.torch import load_file
+
+    path = _slice_file(folder, process_index)
+    return load_file(path) if path.is_file() else None
 
 
 @contextlib.contextmanager

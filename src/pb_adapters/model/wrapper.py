@@ -1,0 +1,488 @@
+"""The wrapper class: creating it (on a base, or from an artifact), the adapter lifecycle (add,
+set, delete, disable, merge), training mode and forward (one task, or mixed tasks per sample).
+
+Saving, loading, base identity and reports are mixed in from their own modules (:mod:`.saving`,
+:mod:`.loading`, :mod:`.identity`, :mod:`.stats`); they work on the state set up here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..batching import group_indices, merge_outputs, select_batch
+from ..config import AdapterConfig
+from ..errors import AdapterNotFoundError, ConfigError, PbAdaptersError
+from ..heads import LabelState, get_label_state, set_label_state
+from ..hub import resolve_adapter_folder
+from ..methods import get_method
+from ..methods.base import AdapterLayer
+from ..targeting import find_head_paths, is_norm_layer, model_family, resolve_target_modules
+from ..utils.names import validate_adapter_name
+from .identity import IdentityMixin
+from .loading import LoadingMixin, load_named_base
+from .saving import SavingMixin
+from .stats import StatsMixin
+from .task_modules import module_key, module_path, new_task_modules, set_submodule
+
+__all__ = ["BASE_ADAPTER_NAME", "PiggybackModel", "get_piggyback_model"]
+
+#: The name that stands for "no adapter, the plain base" in ``adapter_names=``.
+BASE_ADAPTER_NAME = "__base__"
+
+
+class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Module):
+    """A frozen, shared base model plus any number of per-task adapters.
+
+    Create one with :func:`get_piggyback_model` (to train a new task) or
+    :meth:`PiggybackModel.from_pretrained` (to use a saved one). Calling the wrapper calls the
+    base model, with the active adapter's masks, head and label metadata in place, and returns
+    what the base returns (timm: logits; transformers: ``ImageClassifierOutput``).
+
+    Attributes:
+        base_model: The wrapped timm / transformers model (its targeted layers replaced by
+            adapter layers that read through to the originals).
+        peft_config: ``{adapter name: config}``.
+        active_adapter: The adapter in use, or ``None`` for the plain base.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if isinstance(model, PiggybackModel):
+            raise TypeError("the model is already a PiggybackModel; use add_adapter on it")
+        super().__init__()
+        self.base_model = model
+        self.peft_config: dict[str, AdapterConfig] = {}
+        self.active_adapter: str | None = None
+        # Per-task copies of whole modules (heads, norms, modules_to_save), swapped into the
+        # base on set_adapter; the base's originals are kept to swap back.
+        self.task_modules = nn.ModuleDict()
+        self.base_modules = nn.ModuleDict()
+        self._module_kinds: dict[str, dict[str, str]] = {}  # adapter -> module key -> kind
+        self._labels: dict[str, LabelState] = {}
+        self._frozen: set[str] = set()  # adapters loaded for inference only
+        # adapter -> (metrics, datasets) recorded for it, written into artifacts that store it
+        self._recorded: dict[str, tuple[dict[str, Any] | None, list[str] | None]] = {}
+        self._base_labels = get_label_state(model)
+        self._head_paths = find_head_paths(model)
+        self._fingerprint_cache: tuple[tuple[Any, ...], str] | None = None
+        for param in model.parameters():
+            param.requires_grad_(False)
+        self.train(model.training)  # a base in eval mode stays in eval mode
+
+    # ------------------------------------------------------------------ passthrough
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+        """Call the base model with the active adapter in place.
+
+        Args:
+            adapter_names: For a mixed-task batch in eval mode, the adapter of each sample
+                (``BASE_ADAPTER_NAME`` for the plain base). Each sample gets exactly what its task
+                gives; logits of tasks with fewer classes are padded with ``-inf``.
+        """
+        if adapter_names is None:
+            return self.base_model(*args, **kwargs)
+        return self._mixed_forward(list(adapter_names), args, kwargs)
+
+    def _mixed_forward(
+        self, names: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if self.training:
+            raise PbAdaptersError(
+                "adapter_names= mixes tasks for inference only; call model.eval() first"
+            )
+        for name in dict.fromkeys(names):
+            if name != BASE_ADAPTER_NAME:
+                self._require_adapter(name)
+        batch = next((v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)), None)
+        if batch is None or batch.dim() == 0 or batch.shape[0] != len(names):
+            size = None if batch is None else tuple(batch.shape)
+            raise PbAdaptersError(
+                f"adapter_names has {len(names)} entries but the input batch is {size}"
+            )
+        previous = self.active_adapter
+        parts = []
+        try:
+            for name, index in group_indices(names).items():
+                group_args, group_kwargs = select_batch(args, kwargs, len(names), index)
+                if name == BASE_ADAPTER_NAME:
+                    with self.disable_adapter():
+                        parts.append((index, self.base_model(*group_args, **group_kwargs)))
+                else:
+                    self.set_adapter(name)
+                    parts.append((index, self.base_model(*group_args, **group_kwargs)))
+        finally:
+            if previous is not None and self.active_adapter != previous:
+                self.set_adapter(previous)
+        return merge_outputs(parts, len(names))
+
+    @property
+    def family(self) -> str:
+        """``"timm"``, ``"transformers"`` or ``"torch"``."""
+        return model_family(self.base_model)
+
+    @property
+    def head_paths(self) -> list[str]:
+        """Module paths of the classifier layer(s) each task replaces."""
+        return list(self._head_paths)
+
+    def adapter_layers(self) -> Iterator[tuple[str, AdapterLayer]]:
+        """``(path, layer)`` for every adapter layer in the base model."""
+        for name, module in self.base_model.named_modules():
+            if isinstance(module, AdapterLayer):
+                yield name, module
+
+    # ------------------------------------------------------------------ adapters
+    def _require_adapter(self, name: str) -> None:
+        if name not in self.peft_config:
+            loaded = ", ".join(self.peft_config) or "none"
+            raise AdapterNotFoundError(f"no adapter named {name!r} (loaded: {loaded})")
+
+    def _named_or_active(self, adapter_name: str | None, error: str) -> str:
+        """``adapter_name``, else the active adapter; ``error`` is the message when neither is set."""
+        name = adapter_name or self.active_adapter
+        if name is None:
+            raise AdapterNotFoundError(error)
+        self._require_adapter(name)
+        return name
+
+    def _method_of_model(self) -> str | None:
+        return next((c.method for c in self.peft_config.values()), None)
+
+    def _wrap_targets(
+        self, targets: list[str], layer_class: type[AdapterLayer]
+    ) -> dict[str, AdapterLayer]:
+        layers: dict[str, AdapterLayer] = {}
+        for path in targets:
+            module = self.base_model.get_submodule(path)
+            if not isinstance(module, AdapterLayer):
+                module = layer_class(module)
+                set_submodule(self.base_model, path, module)
+            layers[path] = module
+        return layers
+
+    def _check_method(self, config: AdapterConfig) -> None:
+        current = self._method_of_model()
+        if current is not None and current != config.method:
+            raise ConfigError(
+                f"this model holds {current!r} adapters; adding a {config.method!r} adapter to the same "
+                "model is not supported, wrap a second copy of the base instead"
+            )
+
+    def _new_task_modules(self, config: AdapterConfig) -> dict[str, tuple[str, nn.Module]]:
+        """Fresh head(s), and per-task norm / saved-module copies, for a new adapter."""
+        with self._base_installed():
+            return new_task_modules(self.base_model, self._head_paths, config)
+
+    def _register_task_modules(self, name: str, modules: dict[str, tuple[str, nn.Module]]) -> None:
+        with self._base_installed():
+            store = nn.ModuleDict()
+            for path, (_, module) in modules.items():
+                if module_key(path) not in self.base_modules:
+                    self.base_modules[module_key(path)] = self.base_model.get_submodule(path)
+                store[module_key(path)] = module
+            self.task_modules[name] = store
+        self._module_kinds[name] = {module_key(path): kind for path, (kind, _) in modules.items()}
+
+    def _labels_for(self, config: AdapterConfig) -> LabelState:
+        if config.num_labels is None:
+            return copy.deepcopy(self._base_labels)
+        id2label = config.id2label or {i: f"LABEL_{i}" for i in range(config.num_labels)}
+        label2id = config.label2id or {v: k for k, v in id2label.items()}
+        return LabelState(config.num_labels, dict(id2label), dict(label2id))
+
+    def add_adapter(self, adapter_name: str, config: AdapterConfig) -> None:
+        """Add a new, trainable adapter (masks at their start state, a fresh head).
+
+        Like PEFT, this does not make the new adapter active; call :meth:`set_adapter`.
+        """
+        validate_adapter_name(adapter_name)
+        if not isinstance(config, AdapterConfig):
+            raise ConfigError(f"config must be an AdapterConfig, got {type(config).__name__}")
+        if adapter_name in self.peft_config:
+            raise ConfigError(
+                f"an adapter named {adapter_name!r} is already loaded; delete_adapter it first"
+            )
+        self._check_method(config)
+        spec = get_method(config.method)
+        config = copy.deepcopy(config)
+        self._fill_base_identity(config)
+        targets = resolve_target_modules(
+            self.base_model, config.target_modules, config.exclude_modules
+        )
+        task_modules = self._new_task_modules(config)
+        for path, layer in self._wrap_targets(targets, spec.layer_class).items():
+            if not isinstance(layer, spec.layer_class):
+                raise ConfigError(f"module {path!r} already holds a {type(layer).__name__}")
+            layer.add_adapter(adapter_name, config)
+        self.peft_config[adapter_name] = config
+        self._labels[adapter_name] = self._labels_for(config)
+        self._register_task_modules(adapter_name, task_modules)
+        for _, module in task_modules.values():
+            module.requires_grad_(False)
+        if self.active_adapter is None:
+            self.set_adapter(adapter_name)
+        else:
+            self.set_adapter(self.active_adapter)
+
+    def _install(self, name: str | None) -> None:
+        """Put adapter ``name``'s task modules (or the base's, for ``None``) into the base model."""
+        own = dict(self.task_modules[name].items()) if name is not None else {}
+        for key, base_module in self.base_modules.items():
+            module = own.get(key, base_module)
+            path = module_path(key)
+            if self.base_model.get_submodule(path) is not module:
+                set_submodule(self.base_model, path, module)
+
+    @contextlib.contextmanager
+    def _base_installed(self) -> Iterator[None]:
+        previous = self.active_adapter
+        self._install(None)
+        try:
+            yield
+        finally:
+            self._install(previous)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the active task: its masks, head, norms and labels take effect.
+
+        Only the active adapter's parameters are trainable.
+        """
+        self._require_adapter(adapter_name)
+        for _, layer in self.adapter_layers():
+            layer.set_adapter(adapter_name if adapter_name in layer.adapter_names else None)
+        self._install(adapter_name)
+        set_label_state(self.base_model, self._labels[adapter_name])
+        self.active_adapter = adapter_name
+        self._update_trainable()
+        self.train(self.training)
+
+    def _update_trainable(self) -> None:
+        for _, layer in self.adapter_layers():
+            for name in layer.adapter_names:
+                layer.set_trainable(name, name == self.active_adapter)
+        for name, store in self.task_modules.items():
+            config = self.peft_config[name]
+            kinds = self._module_kinds[name]
+            for key, module in store.items():
+                kind = kinds[key]
+                trainable = (
+                    name == self.active_adapter
+                    and name not in self._frozen
+                    and (kind != "head" or config.train_head)
+                )
+                module.requires_grad_(trainable)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter and everything it holds; another loaded adapter becomes active."""
+        self._require_adapter(adapter_name)
+        for _, layer in self.adapter_layers():
+            if adapter_name in layer.adapter_names:
+                layer.delete_adapter(adapter_name)
+        del self.task_modules[adapter_name]
+        for store in (self.peft_config, self._module_kinds, self._labels, self._recorded):
+            store.pop(adapter_name, None)
+        self._frozen.discard(adapter_name)
+        if self.active_adapter == adapter_name:
+            self.active_adapter = None
+            remaining = next(iter(self.peft_config), None)
+            if remaining is not None:
+                self.set_adapter(remaining)
+            else:
+                self._install(None)
+                set_label_state(self.base_model, self._base_labels)
+                for _, layer in self.adapter_layers():
+                    layer.set_adapter(None)
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[PiggybackModel]:
+        """Within the block the model is the plain base model, with the base head."""
+        previous = self.active_adapter
+        layers = [layer for _, layer in self.adapter_layers()]
+        for layer in layers:
+            layer.disabled = True
+        self._install(None)
+        set_label_state(self.base_model, self._base_labels)
+        try:
+            yield self
+        finally:
+            for layer in layers:
+                layer.disabled = False
+            if previous is not None:
+                self.set_adapter(previous)
+
+    def merge_and_unload(
+        self, adapter_name: str | None = None, *, inplace: bool = False
+    ) -> nn.Module:
+        """A plain model of the base's own class with the adapter's masks applied and its head.
+
+        The result is a timm model or transformers ``PreTrainedModel`` like the base, usable with
+        their own tooling (``save_pretrained``, ``timm`` checkpoints). With ``inplace=False``
+        (the default) the result is an independent copy and the wrapper and its other adapters
+        stay intact; ``inplace=True`` unwraps this model's base instead (no copy; the wrapper is
+        not usable afterwards).
+        """
+        name = self._named_or_active(
+            adapter_name, "no adapter to merge: pass adapter_name or set_adapter first"
+        )
+        previous = self.active_adapter
+        self.set_adapter(name)
+        try:
+            memo: dict[int, Any] = {}
+            replacements: dict[str, nn.Module] = {}
+            for path, layer in self.adapter_layers():
+                base_layer = layer.base_layer
+                inner: dict[int, Any] = {}
+                if name in layer.adapter_names:
+                    with torch.no_grad():
+                        merged = layer.inference_weight(name).detach().clone()
+                    inner[id(base_layer.weight)] = nn.Parameter(merged)
+                if inner or not inplace:
+                    base_layer = copy.deepcopy(base_layer, inner)
+                memo[id(layer)] = base_layer
+                replacements[path] = base_layer
+            if inplace:
+                model = self.base_model
+                for path, plain in replacements.items():
+                    set_submodule(model, path, plain)
+            else:
+                model = copy.deepcopy(self.base_model, memo)  # adapter layers map to plain ones
+        finally:
+            if not inplace and previous is not None:
+                self.set_adapter(previous)
+        for param in model.parameters():
+            param.requires_grad_(True)  # a plain model, as timm / transformers create it
+        return model
+
+    # ------------------------------------------------------------------ training helpers
+    def train(self, mode: bool = True) -> PiggybackModel:
+        """Set training mode; norm layers the active task does not train stay in eval mode.
+
+        Frozen BatchNorm in eval mode keeps its running statistics untouched, as in the official
+        piggyback code.
+        """
+        super().train(mode)
+        if mode:
+            trained = set()
+            if self.active_adapter is not None:
+                kinds = self._module_kinds[self.active_adapter]
+                store = self.task_modules[self.active_adapter]
+                trained = {id(m) for k, m in store.items() if kinds[k] in ("norm", "module")}
+            for module in self.base_model.modules():
+                if is_norm_layer(module) and id(module) not in trained:
+                    module.eval()
+        return self
+
+    def parameter_groups(self, adapter_name: str | None = None) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters of an adapter, grouped for separate learning rates.
+
+        Keys: the method's layer group (``"masks"`` for mask methods, ``"weights"`` for PackNet:
+        its :attr:`~pb_adapters.registry.MethodSpec.layer_group`), ``"head"``, ``"norms"``, and
+        ``"modules"`` (``modules_to_save``); empty groups are left out.
+        """
+        name = adapter_name or self.active_adapter
+        if name is None:
+            return {}
+        self._require_adapter(name)
+        layer_group = get_method(self.peft_config[name].method).layer_group
+        groups: dict[str, list[nn.Parameter]] = {
+            layer_group: [],
+            "head": [],
+            "norms": [],
+            "modules": [],
+        }
+        for _, layer in self.adapter_layers():
+            if name in layer.adapter_names:
+                groups[layer_group].extend(
+                    p for p in layer.trainable_parameters(name) if p.requires_grad
+                )
+        kind_to_group = {"head": "head", "norm": "norms", "module": "modules"}
+        kinds = self._module_kinds[name]
+        for key, module in self.task_modules[name].items():
+            group = groups[kind_to_group[kinds[key]]]
+            group.extend(p for p in module.parameters() if p.requires_grad)
+        return {k: v for k, v in groups.items() if v}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: nn.Module | str,
+        model_id: str | os.PathLike[str],
+        adapter_name: str = "default",
+        *,
+        revision: str | None = None,
+        subfolder: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+        is_trainable: bool = False,
+        verify_base: bool = True,
+        base_revision: str | None = None,
+    ) -> PiggybackModel:
+        """Attach a saved adapter (local folder or Hub repo) to a base model.
+
+        ``model`` is the plain base, an existing :class:`PiggybackModel` (which is then
+        extended), or a string naming the base (timm name, ``hf-hub:`` id, transformers id or
+        folder), created at ``base_revision`` or else at the revision the artifact records. On
+        any error the base model is left exactly as it was. See :meth:`load_adapter` for the
+        other arguments.
+        """
+        hub_kwargs: dict[str, Any] = {
+            "revision": revision,
+            "subfolder": subfolder,
+            "token": token,
+            "cache_dir": cache_dir,
+            "local_files_only": local_files_only,
+        }
+        if isinstance(model, PiggybackModel):
+            model.load_adapter(
+                model_id,
+                adapter_name,
+                is_trainable=is_trainable,
+                verify_base=verify_base,
+                **hub_kwargs,
+            )
+            return model
+        validate_adapter_name(adapter_name)
+        folder = resolve_adapter_folder(model_id, **hub_kwargs)
+        if isinstance(model, str):
+            model = load_named_base(model, folder, base_revision, token, cache_dir)
+        # Plan against a wrapper that has not wrapped anything yet; remember the base's
+        # requires_grad flags, which creating the wrapper changes, to restore them on failure.
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        wrapper = cls(model)
+        try:
+            plan = wrapper._plan_load(folder, adapter_name, verify_base)
+        except BaseException:
+            for param, flag in flags:
+                param.requires_grad_(flag)
+            raise
+        wrapper._apply_plan(plan, is_trainable)
+        return wrapper
+
+
+def get_piggyback_model(
+    model: nn.Module, config: AdapterConfig, adapter_name: str = "default"
+) -> PiggybackModel:
+    """Inject adapter layers into ``model`` and return the wrapper with ``adapter_name`` active.
+
+    The base weights are frozen; the new adapter's masks start at their initial state (for
+    piggyback: all ones, so the outputs equal the base model's) and its head is fresh when
+    ``config.num_labels`` is set.
+    """
+    wrapper = model if isinstance(model, PiggybackModel) else PiggybackModel(model)
+    wrapper.add_adapter(adapter_name, config)
+    wrapper.set_adapter(adapter_name)
+    return wrapper
