@@ -15,6 +15,7 @@ optimiser, schedule), each process's random states and the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pb_adapters.training.run_state import STATE_FILE, RunState, rng_state_file, save_rng_state
+from pb_adapters.training.sharding import save_best_slice, uses_fsdp
 from pb_adapters.utils.files import fsync_path
 
 __all__ = [
@@ -165,6 +167,10 @@ def save_checkpoint(
     with _quiet_shared_tensor_notice():
         acc.save_state(str(tmp))
     save_rng_state(rng_state_file(tmp, acc.process_index))
+    if uses_fsdp(acc):  # each process holds, and writes, its own slice of the best epoch
+        save_best_slice(state.best_state, tmp, acc.process_index)
+        state = dataclasses.replace(state, best_state=None)
+    acc.wait_for_everyone()  # every process's files are in the folder before it is renamed
     if acc.is_main_process:
         # the JSON state is written last: its presence marks a complete checkpoint
         state.save(tmp, args=args)

@@ -68,6 +68,15 @@ from pb_adapters.training.run_state import (
     rng_state_file,
     set_rng_state,
 )
+from pb_adapters.training.sharding import (
+    check_supported,
+    full_parameters,
+    keep_weights_sharded,
+    load_best_slice,
+    local_tensor,
+    reshard,
+    uses_fsdp,
+)
 from pb_adapters.utils.files import atomic_write_bytes
 
 __all__ = [
@@ -308,6 +317,7 @@ class PiggybackTrainer:
         return metrics.compute()
 
     def _snapshot(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        reshard(model)  # FSDP: this process's slices, not the outer unit's gathered weights
         state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         for n, b in model.named_buffers():
             if b.is_floating_point() or n.endswith("num_batches_tracked"):
@@ -316,12 +326,13 @@ class PiggybackTrainer:
 
     @staticmethod
     def _restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        reshard(model)
         params = dict(model.named_parameters())
         buffers = dict(model.named_buffers())
         with torch.no_grad():
             for key, value in state.items():
                 target = buffers[key[7:]] if key.startswith("buffer:") else params[key]
-                target.copy_(value)
+                local_tensor(target).copy_(local_tensor(value))  # FSDP: this process's slice
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
@@ -363,6 +374,7 @@ class PiggybackTrainer:
         from accelerate.utils import set_seed
 
         args, acc = self.args, self.accelerator
+        check_supported(acc)
         set_seed(args.seed)
         resume = (
             self.resolve_checkpoint(args.resume_from_checkpoint)
@@ -415,7 +427,10 @@ class PiggybackTrainer:
         sampler = train_loader.sampler
         val_loader = self._loader(self.eval_dataset, train=False)
         test_loader = self._loader(self.test_dataset, train=False)
+        # train mode first: eval-cached weights are buffers that DDP would record and broadcast
+        self._set_train_mode(self.model)
         model, optimizer, train_loader = acc.prepare(self.model, optimizer, train_loader)
+        keep_weights_sharded(acc.unwrap_model(model))
         val_loader = acc.prepare_data_loader(val_loader) if val_loader is not None else None
         test_loader = acc.prepare_data_loader(test_loader) if test_loader is not None else None
         batches = len(train_loader)
@@ -443,6 +458,8 @@ class PiggybackTrainer:
         if rng_file.is_file():
             load_rng_state(rng_file)
         state = RunState.load(folder)
+        if uses_fsdp(acc):  # each process checkpointed its own slice of the best epoch
+            state.best_state = load_best_slice(folder, acc.process_index)
         acc.step = state.accelerate_step
         if state.partial is None:  # the checkpoint was taken after the epoch's validation
             state.epoch, state.batches_in_epoch = state.epoch + 1, 0
@@ -705,18 +722,19 @@ class PiggybackTrainer:
         """Save the adapter into ``output_dir`` (main process only); return the folder."""
         acc = self.accelerator
         folder: Path | None = None
-        if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            datasets = [self.dataset_name] if self.dataset_name else None
-            folder = Path(
-                model.save_pretrained(
-                    self.output_dir,
-                    metrics=self.artifact_metrics(result),
-                    datasets=datasets,
-                    mask_encoding=self.args.mask_encoding,
+        model = acc.unwrap_model(self.model)
+        with full_parameters(model, acc.is_main_process):  # FSDP: gathered on the main process
+            if acc.is_main_process:
+                datasets = [self.dataset_name] if self.dataset_name else None
+                folder = Path(
+                    model.save_pretrained(
+                        self.output_dir,
+                        metrics=self.artifact_metrics(result),
+                        datasets=datasets,
+                        mask_encoding=self.args.mask_encoding,
+                    )
+                    or self.output_dir
                 )
-                or self.output_dir
-            )
         acc.wait_for_everyone()
         return folder or self.output_dir
 

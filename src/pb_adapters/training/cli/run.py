@@ -41,6 +41,7 @@ from pb_adapters.training.cli.parser import (
     save_run_config,
 )
 from pb_adapters.training.data import DatasetSplits, build_transforms, load_datasets
+from pb_adapters.training.sharding import full_parameters, is_sharded
 from pb_adapters.training.trainer import PiggybackTrainer, make_accelerator, prepare_baseline_model
 
 __all__ = ["create_backbone", "load_splits", "main", "run_training", "run_transforms"]
@@ -228,6 +229,17 @@ class _Report:
 
     def adapter(self) -> None:
         """Mask sparsity, artifact size and the reload check."""
+        acc, model = self.trainer.accelerator, self.trainer.model
+        # FSDP: the figures need whole tensors, gathered onto the main process (which alone
+        # prints and writes the summary); without FSDP every process computes them
+        with full_parameters(model, acc.is_main_process):
+            if acc.is_main_process or not is_sharded(model):
+                self.figures()
+        if self.result.artifact_dir is not None and not self.ns.no_reload_check:
+            self.reload_check()
+
+    def figures(self) -> None:
+        """Mask sparsity and the artifact's size."""
         model, summary, say = self.trainer.model, self.summary, self.say
         stats = model.mask_stats()
         masked = int(model.adapter_size()["masked_weights"])
@@ -242,11 +254,8 @@ class _Report:
                 f"mask: {stats.total:.2%} of {stats.num_masked:,} mask entries are zero "
                 f"({masked:,} masked weights)"
             )
-        if self.result.artifact_dir is None:
-            return
-        self.artifact(self.result.artifact_dir, stats.entropy_bits, masked)
-        if not self.ns.no_reload_check:
-            self.reload_check()
+        if self.result.artifact_dir is not None:
+            self.artifact(self.result.artifact_dir, stats.entropy_bits, masked)
 
     def artifact(self, folder: Path, entropy_bits: float, masked: int) -> None:
         """The artifact's files and the bits it spends per masked weight."""
