@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +147,12 @@ def save_checkpoint(
     *,
     args: dict[str, Any],
     save_total_limit: int | None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``<output_dir>/checkpoints/step-<global step>`` (every process takes part).
+
+    ``write_extra(folder)``, when given, adds this process's own files (a streamed run's
+    position) before the folder is committed.
 
     The folder is written under a temporary name, then renamed: a crash mid-save never leaves a
     half-written folder that ``latest`` would pick. Only the ``save_total_limit`` newest
@@ -165,6 +169,9 @@ def save_checkpoint(
     with _quiet_shared_tensor_notice():
         acc.save_state(str(tmp))
     save_rng_state(rng_state_file(tmp, acc.process_index))
+    if write_extra is not None:
+        write_extra(tmp)
+    acc.wait_for_everyone()  # every process's files are in before the folder is committed
     if acc.is_main_process:
         # the JSON state is written last: its presence marks a complete checkpoint
         state.save(tmp, args=args)
