@@ -44,6 +44,8 @@ class TrainingArguments:
             launch --mixed_precision``), else ``"no"``. Mask scores stay float32 either way.
         num_workers: data loader workers per process (default: CPUs - 1, at most 8).
         max_steps_per_epoch: stop each epoch after this many batches (quick runs, tests).
+        steps_per_epoch: optimiser steps per epoch of a streamed training split (required
+            unless the stream knows its size; see :mod:`pb_adapters.training.data.streaming`).
         save_artifact: save the adapter with ``save_pretrained`` at the end (adapter mode).
         mask_encoding: how the artifact stores masks: ``"ans"`` (entropy-coded, format 2) or
             ``"bitpack"`` (1 bit per weight, format 1, readable by older releases).
@@ -90,6 +92,7 @@ class TrainingArguments:
     mixed_precision: str | None = None
     num_workers: int | None = None
     max_steps_per_epoch: int | None = None
+    steps_per_epoch: int | None = None
     save_artifact: bool = True
     mask_encoding: str = "ans"
     metrics_file: str = "metrics.jsonl"
@@ -120,6 +123,8 @@ class TrainingArguments:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError("max_steps_per_epoch must be >= 1 or None")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError("steps_per_epoch must be >= 1 or None")
         if int(self.logging_steps) < 1:
             raise ValueError(f"logging_steps must be >= 1, got {self.logging_steps!r}")
         if self.push_to_hub is not None and self.train_mode != "adapter":

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +149,12 @@ def save_checkpoint(
     *,
     args: dict[str, Any],
     save_total_limit: int | None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``<output_dir>/checkpoints/step-<global step>`` (every process takes part).
+
+    ``write_extra(folder)``, when given, adds this process's own files (a streamed run's
+    position) before the folder is committed.
 
     The folder is written under a temporary name, then renamed: a crash mid-save never leaves a
     half-written folder that ``latest`` would pick. Only the ``save_total_limit`` newest
@@ -170,6 +174,8 @@ def save_checkpoint(
     if uses_fsdp(acc):  # each process holds, and writes, its own slice of the best epoch
         save_best_slice(state.best_state, tmp, acc.process_index)
         state = dataclasses.replace(state, best_state=None)
+    if write_extra is not None:
+        write_extra(tmp)
     acc.wait_for_everyone()  # every process's files are in the folder before it is renamed
     if acc.is_main_process:
         # the JSON state is written last: its presence marks a complete checkpoint

@@ -52,7 +52,13 @@ from pb_adapters.training.checkpoints import (
     save_checkpoint,
 )
 from pb_adapters.training.data import DatasetSplits, build_dataloader, default_eval_batch_size
-from pb_adapters.training.data.loaders import EpochSampler
+from pb_adapters.training.data.loaders import EpochSampler, default_num_workers
+from pb_adapters.training.data.stream_loader import (
+    StreamLoader,
+    evaluate_stream,
+    stream_batches_per_epoch,
+)
+from pb_adapters.training.data.streaming import is_streamed
 from pb_adapters.training.metrics import ClassificationMetrics
 from pb_adapters.training.modeling import (
     forward_logits,
@@ -135,8 +141,8 @@ class _Run:
     unwrapped: nn.Module
     optimizer: Any  # Accelerate's wrapper
     scheduler: Any
-    train_loader: DataLoader
-    sampler: EpochSampler
+    train_loader: DataLoader | StreamLoader
+    sampler: EpochSampler | None  # None for a streamed training split
     val_loader: DataLoader | None
     test_loader: DataLoader | None
     groups: list[dict[str, Any]]
@@ -210,6 +216,7 @@ class PiggybackTrainer:
             )
         self.output_dir = Path(args.output_dir)
         self._head_names: list[str] = []
+        self._stream: StreamLoader | None = None  # the training stream of a streamed run
 
     @property
     def run_label(self) -> str:
@@ -301,9 +308,12 @@ class PiggybackTrainer:
         A dataset is wrapped in a loader first. Results are gathered over all processes.
         """
         acc = self.accelerator
+        model = model if model is not None else self.model
+        if is_streamed(loader):  # each process reads its own part of a streamed split
+            stream = loader if isinstance(loader, StreamLoader) else self._loader(loader, False)
+            return evaluate_stream(stream, model, acc, self._set_train_mode)  # type: ignore[arg-type]
         if not isinstance(loader, DataLoader):
             loader = acc.prepare_data_loader(self._loader(loader, train=False))
-        model = model if model is not None else self.model
         was_training = model.training
         model.eval()
         metrics = ClassificationMetrics(ks=(1, 5))
@@ -345,12 +355,16 @@ class PiggybackTrainer:
         return resolve_checkpoint(self.output_dir, reference)
 
     def _save_checkpoint(self, state: RunState) -> Path:
+        stream, index = self._stream, self.accelerator.process_index
         return save_checkpoint(
             self.accelerator,
             self.output_dir,
             state,
             args=self.args.to_dict(),
             save_total_limit=self.args.save_total_limit,
+            write_extra=None
+            if stream is None
+            else lambda folder: stream.save_state(folder, index, state.batches_in_epoch),
         )
 
     def _checkpoint_state(self, run: _Run, batches: int, *, unfinished: bool) -> RunState:
@@ -408,6 +422,14 @@ class PiggybackTrainer:
         batch_size = args.batch_size
         if not train:
             batch_size = args.eval_batch_size or default_eval_batch_size(args.batch_size)
+        if is_streamed(dataset):  # read by this process alone: Accelerate does not shard it
+            acc = self.accelerator
+            workers = default_num_workers() if args.num_workers is None else args.num_workers
+            return StreamLoader(
+                dataset, batch_size, train=train, rank=acc.process_index,
+                world_size=acc.num_processes, num_workers=workers, device=acc.device,
+                keep=args.gradient_accumulation_steps + 1,
+            )  # type: ignore[return-value]  # fmt: skip
         return build_dataloader(
             dataset, batch_size, train=train, seed=args.seed, num_workers=args.num_workers
         )
@@ -423,19 +445,31 @@ class PiggybackTrainer:
         else:
             optimizer = torch.optim.Adam(groups, weight_decay=args.weight_decay)
         train_loader = self._loader(self.train_dataset, train=True)
-        # an epoch's order depends only on (seed, epoch): a resumed run shuffles the same way
-        sampler = train_loader.sampler
         val_loader = self._loader(self.eval_dataset, train=False)
         test_loader = self._loader(self.test_dataset, train=False)
         # train mode first: eval-cached weights are buffers that DDP would record and broadcast
         self._set_train_mode(self.model)
-        model, optimizer, train_loader = acc.prepare(self.model, optimizer, train_loader)
+        if isinstance(train_loader, StreamLoader):  # streamed: a fixed number of batches
+            sampler, self._stream = None, train_loader
+            model, optimizer = acc.prepare(self.model, optimizer)
+            batches = stream_batches_per_epoch(
+                train_loader, steps_per_epoch=args.steps_per_epoch,
+                accumulation=args.gradient_accumulation_steps, max_batches=args.max_steps_per_epoch,
+            )  # fmt: skip
+        else:
+            if args.steps_per_epoch is not None:
+                raise ValueError("steps_per_epoch applies to a streamed training split")
+            # an epoch's order depends only on (seed, epoch): a resumed run shuffles the same way
+            sampler = train_loader.sampler
+            model, optimizer, train_loader = acc.prepare(self.model, optimizer, train_loader)
+            batches = len(train_loader)
+            if args.max_steps_per_epoch is not None:
+                batches = min(batches, args.max_steps_per_epoch)
         keep_weights_sharded(acc.unwrap_model(model))
-        val_loader = acc.prepare_data_loader(val_loader) if val_loader is not None else None
-        test_loader = acc.prepare_data_loader(test_loader) if test_loader is not None else None
-        batches = len(train_loader)
-        if args.max_steps_per_epoch is not None:
-            batches = min(batches, args.max_steps_per_epoch)
+        val_loader, test_loader = (
+            acc.prepare_data_loader(x) if isinstance(x, DataLoader) else x
+            for x in (val_loader, test_loader)
+        )
         steps_per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
         total_steps = steps_per_epoch * args.num_epochs
         # The scheduler is stepped by hand once per optimiser step (not prepared: Accelerate would
@@ -460,6 +494,8 @@ class PiggybackTrainer:
         state = RunState.load(folder)
         if uses_fsdp(acc):  # each process checkpointed its own slice of the best epoch
             state.best_state = load_best_slice(folder, acc.process_index)
+        if self._stream is not None:  # the stream continues where the checkpoint left it
+            self._stream.load_state(folder, acc.process_index)
         acc.step = state.accelerate_step
         if state.partial is None:  # the checkpoint was taken after the epoch's validation
             state.epoch, state.batches_in_epoch = state.epoch + 1, 0
@@ -522,9 +558,12 @@ class PiggybackTrainer:
         # resume). The raw optimiser: Accelerate's wrapper only zeroes on a sync step.
         _raw_optimizer(run.optimizer).zero_grad(set_to_none=True)
         run.epoch_start = time.perf_counter()
-        run.sampler.use_epoch(epoch - 1)
         acc = self.accelerator
-        loader = acc.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
+        if isinstance(run.train_loader, StreamLoader):  # the stream goes on where it stands
+            loader = run.train_loader.epoch(run.batches, done=skip)
+        else:
+            run.sampler.use_epoch(epoch - 1)  # type: ignore[union-attr]
+            loader = acc.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
         run.state.batches_in_epoch = skip
         run.rng_at_step = rng_state()
         return loader

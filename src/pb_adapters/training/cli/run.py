@@ -96,7 +96,24 @@ def create_backbone(
 
 
 def load_splits(ns: argparse.Namespace, source: str | None) -> DatasetSplits:
-    """The train/validation/test splits of ``source`` as the data options in ``ns`` say."""
+    """The train/validation/test splits of ``source`` as the data options in ``ns`` say
+    (streamed ones, :class:`~pb_adapters.training.data.streaming.StreamingSplits`, with
+    ``--streaming``)."""
+    if getattr(ns, "streaming", False):
+        from pb_adapters.training.data.streaming import load_streaming_datasets
+
+        return load_streaming_datasets(  # type: ignore[return-value]
+            str(source),
+            image_column=ns.image_column,
+            label_column=ns.label_column,
+            val_examples=ns.val_examples,
+            test_examples=ns.test_examples,
+            max_train_examples=ns.max_train_samples,
+            max_eval_examples=ns.max_eval_samples,
+            shuffle_buffer=ns.shuffle_buffer,
+            seed=ns.seed,
+            strict=ns.strict_data,
+        )
     splits = load_datasets(
         source,
         image_column=ns.image_column,
@@ -201,10 +218,13 @@ def _summary(
         "train_mode": args.train_mode,
         "model": ns.model or _DEMO_BASE_NAME,
         "dataset": splits.name,
-        "splits": {
-            "train": len(splits.train),
-            "validation": len(splits.validation),
-            "test": len(splits.test),
+        "splits": {  # None: streamed, or no such split
+            name: len(split) if hasattr(split, "__len__") else None
+            for name, split in (
+                ("train", splits.train),
+                ("validation", splits.validation),
+                ("test", splits.test),
+            )
         },
         "epochs": args.num_epochs,
         "best_epoch": result.best_epoch,
@@ -254,8 +274,11 @@ class _Report:
                 f"mask: {stats.total:.2%} of {stats.num_masked:,} mask entries are zero "
                 f"({masked:,} masked weights)"
             )
-        if self.result.artifact_dir is not None:
-            self.artifact(self.result.artifact_dir, stats.entropy_bits, masked)
+        if self.result.artifact_dir is None:
+            return
+        self.artifact(self.result.artifact_dir, stats.entropy_bits, masked)
+        if not self.ns.no_reload_check and self.result.test:  # a stream may have no test split
+            self.reload_check()
 
     def artifact(self, folder: Path, entropy_bits: float, masked: int) -> None:
         """The artifact's files and the bits it spends per masked weight."""

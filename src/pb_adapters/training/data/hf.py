@@ -10,7 +10,7 @@ from typing import Any
 from pb_adapters.training.data.datasets import DataError, HFImageDataset
 from pb_adapters.training.data.splits import DatasetSplits, complete_splits
 
-__all__ = ["is_saved_hf_dataset", "load_hf_datasets"]
+__all__ = ["is_saved_hf_dataset", "load_hf_datasets", "named_splits"]
 
 _HF_SPLIT_NAMES = {
     "train": ("train", "training"),
@@ -88,6 +88,12 @@ def _read_splits(name_or_path: str, config_name: str | None, **load_kwargs: Any)
         loaded = datasets.load_dataset(name_or_path, config_name, **load_kwargs)
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
+    return named_splits(loaded, name_or_path)
+
+
+def named_splits(loaded: Any, source: str) -> dict[str, Any]:
+    """Our split name -> the split of ``loaded`` (a dict of splits) that it names; ``train``
+    must be there."""
     splits: dict[str, Any] = {}
     for ours, theirs in _HF_SPLIT_NAMES.items():
         for t in theirs:
@@ -95,7 +101,7 @@ def _read_splits(name_or_path: str, config_name: str | None, **load_kwargs: Any)
                 splits[ours] = loaded[t]
                 break
     if "train" not in splits:
-        raise DataError(f"{name_or_path} has splits {list(loaded)} but none named 'train'")
+        raise DataError(f"{source} has splits {list(loaded)} but none named 'train'")
     return splits
 
 
