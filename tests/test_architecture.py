@@ -34,9 +34,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pb_adapters.mask_coding", "pb_adapters.serialization"),
     ("pb_adapters.card",),
     ("pb_adapters.hub",),
-    ("pb_adapters.bases", "pb_adapters.demo_base"),
+    ("pb_adapters.bases", "pb_adapters.demo_base", "pb_adapters.provenance"),
     ("pb_adapters.model",),
     ("pb_adapters",),  # the package itself (its __init__: the public names); exact match only
+    ("pb_adapters.integrations",),  # other libraries' tools on the wrapper (transformers.Trainer)
     ("pb_adapters.training",),
     ("pb_adapters.cli",),
 )

@@ -27,6 +27,8 @@ class BaseSpec:
     Attributes:
         name: The name recorded as ``base_model.name_or_path`` in artifacts.
         loader: Creates the base (pretrained weights, classifier included), taking no arguments.
+            :func:`~pb_adapters.bases.load_base_model` marks what it creates as the weights of
+            ``name``, so adapters trained on it record ``name`` while those weights are unchanged.
         card_imports: Import lines of the model card's usage snippet.
         card_code: Lines of that snippet that build ``base``. By default the card shows
             ``load_base_model(name)``, which works wherever the base is registered.

@@ -16,7 +16,9 @@ no ``token`` argument; for a private timm base, set ``HF_TOKEN`` or run ``hf aut
 
 A transformers base created here from the Hub remembers the commit it was loaded from (as
 transformers 4 did in ``config._commit_hash``), so an adapter trained on it records the exact
-base revision.
+base revision. Every base created here is marked as holding its checkpoint's weights
+(:func:`pb_adapters.provenance.mark_pretrained`), so adapters name that checkpoint as their base
+for as long as the weights stay unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from torch import nn
 from .base_registry import get_base, is_registered_base
 from .errors import HubError, PbAdaptersError
 from .hub import hub_failure, is_local_reference
+from .provenance import mark_pretrained, own_claim, pretrained_source, recorded_name
+from .targeting import model_family
 from .utils.names import TIMM_HUB_PREFIXES, split_revision
 
 __all__ = ["guess_library", "load_base_model"]
@@ -235,7 +239,9 @@ def load_base_model(
         )
     name = name_or_path.strip()
     if is_registered_base(name):  # e.g. the offline demo backbone, shipped on PyPI
-        return get_base(name).loader().eval()
+        model = get_base(name).loader().eval()
+        source = pretrained_source(model)
+        return model if source and source.name_or_path == name else mark_pretrained(model, name)
     if library in (None, "auto"):
         which = guess_library(name)
     elif library in _LIBRARIES:
@@ -250,6 +256,7 @@ def load_base_model(
     cache = None if cache_dir is None else str(cache_dir)
 
     repo_id: str | None = name
+    asked = revision
     try:
         if which == "timm":
             create_name, overlay, repo_id, revision = _timm_source(name, revision)
@@ -261,7 +268,31 @@ def load_base_model(
         raise
     except Exception as err:
         raise _creation_error(name, which, library, err, repo_id, revision, token) from err
-    return model.eval()
+    return _mark_created(model.eval(), name, asked)
+
+
+def _mark_created(model: nn.Module, name: str, asked: str | None) -> nn.Module:
+    """Mark a base just created with pretrained weights as that checkpoint's (see
+    :mod:`pb_adapters.provenance`), under the most exact name known for it.
+
+    timm: its ``hf-hub:`` id and revision when the weights came from the Hub, the folder
+    otherwise. transformers: the id and the commit it was created from, or the folder.
+    """
+    local = Path(name.removeprefix(_TIMM_LOCAL_PREFIX)).expanduser().exists()
+    if model_family(model) == "transformers":
+        recorded = recorded_name(name)
+        revision = None if local else getattr(model.config, "_commit_hash", None) or asked
+    else:
+        recorded, revision = own_claim(model)  # an hf-hub: id, or a local-dir: folder
+        if recorded is None:  # weights from a URL or file timm's registry names
+            recorded, revision = name, None
+    return mark_pretrained(
+        model,
+        recorded,
+        revision=revision,
+        aliases=(name,),
+        revision_aliases=() if local else (asked,),
+    )
 
 
 def _creation_error(

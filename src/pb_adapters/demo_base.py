@@ -21,6 +21,7 @@ import torch
 
 from .base_registry import BaseSpec, register_base
 from .errors import PbAdaptersError
+from .provenance import mark_pretrained
 
 __all__ = [
     "DEMO_BACKBONE_ARCHITECTURE",
@@ -93,6 +94,8 @@ def load_demo_backbone(num_classes: int = 1000) -> torch.nn.Module:
     The model's ``pretrained_cfg`` keeps the architecture and pre-processing of
     ``tf_efficientnet_lite0`` (mean/std 0.5, bicubic, crop 0.875) and records where the weights
     came from (``source``, ``tag``), with no Hub id, since these are not timm's Hub weights.
+    The model is marked as holding the weights of :data:`DEMO_BASE_MODEL_ID`
+    (:func:`pb_adapters.provenance.mark_pretrained`).
     """
     import timm
 
@@ -143,7 +146,8 @@ def load_demo_backbone(num_classes: int = 1000) -> torch.nn.Module:
     if num_classes != 1000:
         model.reset_classifier(num_classes)
         cfg["num_classes"] = num_classes
-    return model.eval()
+    # The registered base's own weights: adapters trained on them record DEMO_BASE_MODEL_ID.
+    return mark_pretrained(model.eval(), DEMO_BASE_MODEL_ID)
 
 
 register_base(

@@ -22,6 +22,12 @@ from .targeting import is_transformers_model
 
 __all__ = ["LabelState", "copy_head", "create_task_head", "get_label_state", "set_label_state"]
 
+# What to do instead when a head of that kind cannot be rebuilt for a new number of classes.
+_KEEP_HEAD_HINT = (
+    "leave num_labels unset so the task trains its own copy of the base head, or give the base "
+    "a Linear head of the task's size first"
+)
+
 
 def _head_input_width(model: nn.Module, head: nn.Module) -> int:
     if isinstance(head, nn.Linear):
@@ -57,7 +63,8 @@ def create_task_head(model: nn.Module, path: str, num_labels: int) -> nn.Module:
     if isinstance(old, nn.Conv2d):
         if old.kernel_size != (1, 1):
             raise TargetingError(
-                f"classifier {path!r} is a {old.kernel_size} convolution; only 1x1 is supported"
+                f"classifier {path!r} is a {old.kernel_size} convolution; a new head can replace a "
+                f"1x1 one only: {_KEEP_HEAD_HINT}"
             )
         head: nn.Module = nn.Conv2d(width, num_labels, 1, bias=old.bias is not None, **factory)
     elif isinstance(old, nn.Linear | nn.Identity):
@@ -65,8 +72,8 @@ def create_task_head(model: nn.Module, path: str, num_labels: int) -> nn.Module:
         head = nn.Linear(width, num_labels, bias=bias, **factory)
     else:
         raise TargetingError(
-            f"classifier {path!r} is a {type(old).__name__}; a task head can replace a Linear, a 1x1 "
-            "Conv2d or an Identity"
+            f"classifier {path!r} is a {type(old).__name__}; a new head can replace a Linear, a 1x1 "
+            f"Conv2d or an Identity: {_KEEP_HEAD_HINT}"
         )
     if is_transformers_model(model):
         std = float(getattr(model.config, "initializer_range", 0.02))

@@ -38,6 +38,7 @@ from .utils.names import validate_adapter_name
 __all__ = [
     "ARTIFACT_CONFIG_NAME",
     "ARTIFACT_WEIGHTS_NAME",
+    "BASE_WEIGHTS",
     "FORMAT_VERSION",
     "SUPPORTED_FORMAT_VERSIONS",
     "fingerprint_tensors",
@@ -53,6 +54,9 @@ ARTIFACT_WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 2
 #: Every format version this release reads.
 SUPPORTED_FORMAT_VERSIONS = (1, 2)
+#: What ``base_model.weights`` may say about the base's weights (see :mod:`pb_adapters.provenance`).
+#: An optional field: older artifacts lack it, and older releases ignore it.
+BASE_WEIGHTS = ("pretrained", "modified", "random", "unknown")
 
 # A config of thousands of modules and 21k labels is a few MiB; parsing JSON costs at most ~30x
 # its size in memory, so this also bounds what a hostile config can allocate.
@@ -338,11 +342,15 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
         isinstance(fingerprint, str) and fingerprint.startswith("sha256:"),
         "'base_model.fingerprint' must be a 'sha256:...' string",
     )
-    for key in ("name_or_path", "revision", "library", "architecture"):
+    for key in ("name_or_path", "revision", "library", "architecture", "checkpoint"):
         _expect(
             base.get(key) is None or isinstance(base.get(key), str),
             f"'base_model.{key}' must be a string",
         )
+    _expect(  # absent in artifacts written before it was recorded
+        base.get("weights") is None or base["weights"] in BASE_WEIGHTS,
+        f"'base_model.weights' must be one of {', '.join(BASE_WEIGHTS)}",
+    )
     _validate_modules(data.get("modules"))
     data.setdefault("saved_modules", [])  # optional: the loader then finds the head missing
     _validate_saved_modules(data["saved_modules"])

@@ -2,8 +2,8 @@
 
 Each class is a table of cases. Data layouts that cannot be trained on (symlink loops, one file
 under two classes or in two splits, empty class folders, a single class, splits left without
-images, images above the pixel bound) must raise a ``DataError`` while the data is loaded, before
-a trainer exists; layouts that are only untidy (files reached twice through links) load with each
+images, images above the pixel bound) must raise a ``DataError`` while the data is loaded and
+checked as the training command line does, before a trainer exists; layouts that are only untidy (files reached twice through links) load with each
 image once. Learning rates that are not finite, negative or beyond float32 are a ``ConfigError``
 before the first step. A run whose loss becomes non-finite or explodes stops with a
 ``DivergenceError`` and saves no artifact. Through ``pb-adapters train`` and ``examples/train.py``
@@ -38,6 +38,7 @@ from pb_adapters.training.data import (
     ArrayImageDataset,
     DataConfig,
     build_transforms,
+    check_splits,
     load_hf_datasets,
     load_image_folder,
 )
@@ -206,6 +207,15 @@ DATA_CASES: list[tuple[Callable[[Path], Path], dict[str, Any], str | int]] = [
 ]
 
 
+def _load_for_training(root: Path, **options: Any) -> Any:
+    """Load as the training command line does: the folder, then the splits' check."""
+    splits = load_image_folder(root, **options)
+    fractions = {"val_fraction": 0.1, "test_fraction": 0.2}
+    fractions.update({k: v for k, v in options.items() if k in fractions})
+    check_splits(splits, **fractions)
+    return splits
+
+
 @pytest.mark.parametrize(("build", "options", "expected"), DATA_CASES)
 def test_data_problems_are_refused_while_loading(
     build: Callable[[Path], Path],
@@ -228,10 +238,10 @@ def test_data_problems_are_refused_while_loading(
         warnings.simplefilter("ignore")
         if isinstance(expected, str):
             with pytest.raises(DataError, match=expected):
-                load_image_folder(root, **options)
+                _load_for_training(root, **options)
             COUNTS[("data", "refused: DataError")] += 1
         else:
-            splits = load_image_folder(root, **options)
+            splits = _load_for_training(root, **options)
             total = len(splits.train) + len(splits.validation) + len(splits.test)
             assert total == expected
             held = [os.stat(p).st_ino for s in (splits.train, splits.validation, splits.test)
@@ -262,8 +272,9 @@ def test_hub_style_datasets_are_checked_too(tmp_path: Path) -> None:
     small = _png(8)
     huge = _png(13000, "1")
     _hf_rows([small] * 10, [0] * 10).save_to_disk(str(tmp_path / "one"))
+    one = load_hf_datasets(str(tmp_path / "one"))  # evaluating one class is fine; training not
     with pytest.raises(DataError, match="at least two"):
-        load_hf_datasets(str(tmp_path / "one"))
+        check_splits(one, val_fraction=0.1, test_fraction=0.2)
     _hf_rows([small] * 19 + [huge], [0, 1] * 10).save_to_disk(str(tmp_path / "big"))
     splits = load_hf_datasets(str(tmp_path / "big"), val_fraction=0.0, test_fraction=0.0)
     with pytest.raises(DataError, match="13000 x 13000"):  # refused when read, not skipped

@@ -14,9 +14,11 @@ from pb_adapters.training.run_state import (
     BEST_STATE_FILE,
     STATE_FILE,
     RunState,
+    best_state_file,
     read_rng_state,
     rng_state,
     rng_state_file,
+    save_best_state,
     save_rng_state,
     set_rng_state,
 )
@@ -30,7 +32,8 @@ def test_the_state_round_trips_through_json_and_safetensors(tmp_path: Path) -> N
     state.history.append({"epoch": 1, "train_loss": 1.2})
     state.partial = {"loss_sum": 3.0, "hits": [2], "count": 16, "lrs": {"masks": 1e-4}}
     state.best_state = {"head.weight": torch.randn(3, 2)}
-    state.save(tmp_path, args={"seed": 0})
+    save_best_state(state.best_state, tmp_path)
+    state.save(tmp_path, args={"seed": 0}, files=[BEST_STATE_FILE])
     data = json.loads((tmp_path / STATE_FILE).read_text())
     assert data["args"] == {"seed": 0} and data["best_key"] == [0.5, -0.9]
     assert "best_state" not in data and (tmp_path / BEST_STATE_FILE).is_file()
@@ -45,6 +48,7 @@ def test_the_state_round_trips_through_json_and_safetensors(tmp_path: Path) -> N
 
 def test_random_states_are_saved_without_pickle(tmp_path: Path) -> None:
     name = rng_state_file(0)
+    assert name == "rng_state_0.safetensors"
     torch.manual_seed(1), random.seed(1), np.random.seed(1)
     save_rng_state(tmp_path / name)
     expected = (torch.rand(3), random.random(), np.random.rand())
@@ -57,3 +61,17 @@ def test_random_states_are_saved_without_pickle(tmp_path: Path) -> None:
     set_rng_state(state)
     again = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(again[0], expected[0]) and again[1:] == expected[1:]
+
+
+def test_each_fsdp_process_writes_and_reads_its_own_slice(tmp_path: Path) -> None:
+    slices = {rank: {"w": torch.full((2, 3), float(rank))} for rank in (0, 1)}
+    for rank, tensors in slices.items():
+        save_best_state(tensors, tmp_path, shard=rank)
+    save_best_state(None, tmp_path, shard=2)  # no best epoch yet: nothing written
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [best_state_file(0), best_state_file(1)]
+    assert names == ["best_state.shard-00000.safetensors", "best_state.shard-00001.safetensors"]
+    reader = CheckpointReader(tmp_path, file_manifest(tmp_path, names))
+    for rank, tensors in slices.items():
+        got, _ = reader.tensors(best_state_file(rank), "best", {"w": (torch.float32, (2, 3))})
+        assert torch.equal(got["w"], tensors["w"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from torch import Tensor
 from .._version import __version__
 from ..card import write_model_card
 from ..config import AdapterConfig
+from ..errors import ConfigError
 from ..hub import push_folder_to_hub, validate_hub_target
 from ..mask_coding import DEFAULT_MASK_ENCODING, encode_bit_planes
 from ..methods import get_method
@@ -112,6 +114,12 @@ class SavingMixin:
         self, name: str, metrics: dict[str, Any] | None, datasets: list[str] | None
     ) -> tuple[dict[str, Any], dict[str, Tensor], list[str]]:
         """The config dict, the tensors (bit planes packed) and the keys of the bit planes."""
+        with self._original_weights():  # a merged model saves what it would save unmerged
+            return self._artifact_unmerged(name, metrics, datasets)
+
+    def _artifact_unmerged(
+        self, name: str, metrics: dict[str, Any] | None, datasets: list[str] | None
+    ) -> tuple[dict[str, Any], dict[str, Tensor], list[str]]:
         group = self._artifact_group(name)
         top = group[-1]  # the artifact's main fields describe the newest task of a group
         config = self.peft_config[top]
@@ -143,6 +151,11 @@ class SavingMixin:
                 | self._task_record(other, f"tasks.{other}.", *task_metrics(other), tensors)
                 for other in group[:-1]
             ]
+        # Every stored config names the base as the record does (what the weights bear out).
+        base = data["base_model"]
+        for record in [data, *data.get("tasks", [])]:
+            record["config"]["base_model_name_or_path"] = base["name_or_path"]
+            record["config"]["base_model_revision"] = base["revision"]
         return data, tensors, planes
 
     def record_metrics(
@@ -164,6 +177,7 @@ class SavingMixin:
         save_directory: str | Path,
         adapter_name: str | None = None,
         *,
+        selected_adapters: Sequence[str] | None = None,
         metrics: dict[str, Any] | None = None,
         datasets: list[str] | None = None,
         write_card: bool = True,
@@ -180,10 +194,27 @@ class SavingMixin:
         recorded for the card; ``repo_id``/``subfolder`` make the card's usage snippet point at
         the Hub. The artifact files are replaced atomically.
 
+        ``selected_adapters`` saves several adapters in PEFT's layout: ``"default"`` in
+        ``save_directory`` itself, every other adapter in a subfolder named after it (load it
+        with ``load_adapter(save_directory, name, subfolder=name)``);
+        ``selected_adapters=list(model.peft_config)`` saves them all.
+
         ``mask_encoding="ans"`` (the default) entropy-codes each mask plane that gets smaller
         for it (artifact format version 2); ``"bitpack"`` stores 1 bit per entry (format
         version 1, which releases before entropy coding read as well).
         """
+        if selected_adapters is not None:
+            return self._save_selected(
+                Path(save_directory),
+                adapter_name,
+                list(selected_adapters),
+                metrics=metrics,
+                datasets=datasets,
+                write_card=write_card,
+                repo_id=repo_id,
+                subfolder=subfolder,
+                mask_encoding=mask_encoding,
+            )
         name = self._named_or_active(adapter_name, "no adapter to save: add or load one first")
         data, tensors, planes = self._artifact(name, metrics, datasets)
         folder = write_artifact(
@@ -194,6 +225,40 @@ class SavingMixin:
         if write_card:
             write_model_card(folder, repo_id=repo_id, subfolder=subfolder)
         return folder
+
+    def _save_selected(
+        self,
+        root: Path,
+        adapter_name: str | None,
+        names: list[str],
+        *,
+        metrics: dict[str, Any] | None,
+        datasets: list[str] | None,
+        subfolder: str | None,
+        **kwargs: Any,
+    ) -> Path:
+        """``save_pretrained(selected_adapters=names)``: PEFT's layout, every name checked first."""
+        if adapter_name is not None:
+            raise ConfigError("pass adapter_name or selected_adapters, not both")
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"selected_adapters must name each adapter once, got {names}")
+        for name in names:
+            self._require_adapter(name)
+        if len(names) > 1 and (metrics is not None or datasets is not None):
+            raise ConfigError(
+                "metrics= and datasets= describe one adapter; record_metrics each adapter instead"
+            )
+        for name in names:
+            inner = None if name == "default" else name
+            self.save_pretrained(
+                root if inner is None else root / inner,
+                name,
+                metrics=metrics,
+                datasets=datasets,
+                subfolder="/".join(p for p in (subfolder, inner) if p) or None,
+                **kwargs,
+            )
+        return root
 
     def adapter_size(
         self, adapter_name: str | None = None, *, mask_encoding: str = DEFAULT_MASK_ENCODING

@@ -48,6 +48,8 @@ class TrainingArguments:
             launch --mixed_precision``), else ``"no"``. Mask scores stay float32 either way.
         num_workers: data loader workers per process (default: CPUs - 1, at most 8).
         max_steps_per_epoch: stop each epoch after this many batches (quick runs, tests).
+        steps_per_epoch: optimiser steps per epoch of a streamed training split (required
+            unless the stream knows its size; see :mod:`pb_adapters.training.data.streaming`).
         save_artifact: save the adapter with ``save_pretrained`` at the end (adapter mode).
         mask_encoding: how the artifact stores masks: ``"ans"`` (entropy-coded, format 2) or
             ``"bitpack"`` (1 bit per weight, format 1, readable by older releases).
@@ -103,6 +105,7 @@ class TrainingArguments:
     mixed_precision: str | None = None
     num_workers: int | None = None
     max_steps_per_epoch: int | None = None
+    steps_per_epoch: int | None = None
     save_artifact: bool = True
     mask_encoding: str = "ans"
     metrics_file: str = "metrics.jsonl"
@@ -132,7 +135,7 @@ class TrainingArguments:
             )
         for name in ("num_epochs", "batch_size", "gradient_accumulation_steps", "logging_steps"):
             _check_count(name, getattr(self, name))
-        for name in ("max_steps_per_epoch", "save_steps", "save_total_limit"):
+        for name in ("max_steps_per_epoch", "steps_per_epoch", "save_steps", "save_total_limit"):
             if getattr(self, name) is not None:
                 _check_count(name, getattr(self, name), "or None")
         if self.push_to_hub is not None and self.train_mode != "adapter":

@@ -30,6 +30,7 @@ __all__ = [
     "file_manifest",
     "read_json_file",
     "sha256_file",
+    "shard_file",
 ]
 
 #: The largest JSON file of a checkpoint that is parsed (state, optimiser index, schedule).
@@ -54,6 +55,15 @@ _DTYPES = {
 #: What a reader expects of a tensors file: name -> (dtype, shape); a dtype of ``None`` accepts
 #: any floating dtype.
 Expected = dict[str, tuple[torch.dtype | None, tuple[int, ...]]]
+
+
+def shard_file(name: str, shard: int | None) -> str:
+    """``name``, or process ``shard``'s slice of it under FSDP: ``model.shard-00001.safetensors``
+    for ``model.safetensors``."""
+    if shard is None:
+        return name
+    stem, _, suffix = name.partition(".")
+    return f"{stem}.shard-{shard:05d}.{suffix}"
 
 
 def sha256_file(path: Path) -> str:

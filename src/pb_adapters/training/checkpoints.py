@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,17 @@ from pb_adapters.training.optim_state import (
     write_training_state,
 )
 from pb_adapters.training.run_state import (
-    BEST_STATE_FILE,
     STATE_FILE,
     RunState,
+    best_state_file,
     best_state_spec,
     read_rng_state,
     rng_state_file,
+    save_best_state,
     save_rng_state,
     set_rng_state,
 )
+from pb_adapters.training.sharding import uses_fsdp
 from pb_adapters.utils.files import fsync_path
 
 __all__ = [
@@ -173,13 +176,16 @@ def save_checkpoint(
     model: nn.Module,
     optimizer: Any,
     scheduler: Any,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``<output_dir>/checkpoints/step-<global step>`` (every process takes part).
 
     ``model`` is the unwrapped model and ``optimizer`` the torch optimiser under Accelerate's
-    wrapper. The folder is written under a temporary name, then renamed: a crash mid-save never
-    leaves a half-written folder that ``latest`` would pick. Only the ``save_total_limit``
-    newest checkpoints are kept.
+    wrapper. Under FSDP every process writes its own slices of the model, optimiser and best
+    state. ``write_extra(folder)``, when given, adds this process's own files (a streamed run's
+    position). The folder is written under a temporary name, then renamed: a crash mid-save
+    never leaves a half-written folder that ``latest`` would pick. Only the
+    ``save_total_limit`` newest checkpoints are kept.
 
     Raises:
         CheckpointError: the folder could not be written (a full disk, for example); the
@@ -189,21 +195,26 @@ def save_checkpoint(
     root = output_dir / CHECKPOINTS_DIR
     name = f"step-{state.global_step:08d}"
     tmp = root / f"{_TMP_PREFIX}{name}"
+    shard = acc.process_index if uses_fsdp(acc) else None  # FSDP: each process's slices
     try:
         if acc.is_main_process:
             clear_leftovers(root)  # folders of a killed save, never complete checkpoints
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        files: list[str] = []
-        if acc.is_main_process:
+        if acc.is_main_process or shard is not None:
             scaler = getattr(acc, "scaler", None)
-            files = write_training_state(tmp, model, optimizer, scheduler, scaler)
+            write_training_state(
+                tmp, model, optimizer, scheduler, scaler, shard=shard, index=acc.is_main_process
+            )
+            save_best_state(state.best_state, tmp, shard)
         save_rng_state(tmp / rng_state_file(acc.process_index))
-        acc.wait_for_everyone()
+        if write_extra is not None:
+            write_extra(tmp)
+        acc.wait_for_everyone()  # every process's files are in the folder before it is renamed
         if acc.is_main_process:
-            files += sorted(p.name for p in tmp.glob("rng_state_*.safetensors"))
+            files = sorted(p.name for p in tmp.iterdir() if p.is_file())
             # the JSON state is written last: its presence marks a complete checkpoint
-            state.save(tmp, args=args, files=files)
+            replace(state, best_state=None).save(tmp, args=args, files=files)
             commit_folder(tmp, root / name)
             done = complete_checkpoints(root, STATE_FILE)
             if save_total_limit is not None:
@@ -240,10 +251,11 @@ def read_checkpoint(
     scheduler: Any,
     scaler: Any = None,
     process_index: int = 0,
+    sharded: bool = False,
 ) -> Checkpoint:
     """Read the checkpoint in ``folder`` and check every part of it against the run's
     ``model`` (unwrapped), ``optimizer`` (the torch optimiser), ``scheduler`` and ``scaler``;
-    nothing is changed.
+    nothing is changed. ``sharded``: read process ``process_index``'s own slices (FSDP).
 
     Raises:
         CheckpointError: anything missing, corrupt or not fitting the run.
@@ -257,16 +269,18 @@ def read_checkpoint(
         )
     run_state = RunState.from_checked_dict(data)
     reader = CheckpointReader(folder, data.get("files"))
-    if reader.has(BEST_STATE_FILE):
-        tensors, _ = reader.tensors(BEST_STATE_FILE, "best epoch's state", best_state_spec(model))
+    shard = process_index if sharded else None
+    best = best_state_file(shard)
+    if reader.has(best):
+        tensors, _ = reader.tensors(best, "best epoch's state", best_state_spec(model))
         if not all(
             bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()
         ):
-            raise CheckpointError(f"{folder / BEST_STATE_FILE} holds non-finite values")
+            raise CheckpointError(f"{folder / best} holds non-finite values")
         run_state.best_state = tensors
     elif run_state.best_key is not None:
-        raise CheckpointError(f"{folder} records a best epoch but lacks {BEST_STATE_FILE}")
-    training = read_training_state(reader, model, optimizer, scheduler, scaler)
+        raise CheckpointError(f"{folder} records a best epoch but lacks {best}")
+    training = read_training_state(reader, model, optimizer, scheduler, scaler, shard=shard)
     if training.schedule_step != run_state.global_step:
         raise CheckpointError(
             f"{folder}: the schedule is at step {training.schedule_step}, the run state at "
@@ -277,10 +291,18 @@ def read_checkpoint(
 
 
 def first_usable_checkpoint(
-    accelerator: Any, candidates: list[Path], *, model: nn.Module, optimizer: Any, scheduler: Any
+    accelerator: Any,
+    candidates: list[Path],
+    *,
+    model: nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    also: Callable[[Path], None] | None = None,
 ) -> Checkpoint:
     """The first of ``candidates`` that every process could read and check
-    (:func:`read_checkpoint`), not applied yet.
+    (:func:`read_checkpoint`, then ``also(folder)``, which raises
+    :class:`~pb_adapters.training.errors.CheckpointError` for a folder it cannot use), not
+    applied yet.
 
     An unusable one is reported and the next (older) one tried; the processes agree on each
     verdict, so all of them resume from the same checkpoint or all of them fail.
@@ -300,8 +322,12 @@ def first_usable_checkpoint(
                 scheduler=scheduler,
                 scaler=getattr(acc, "scaler", None),
                 process_index=acc.process_index,
+                sharded=uses_fsdp(acc),
             )
+            if also is not None:
+                also(folder)
         except CheckpointError as err:
+            found = None
             problems.append(f"{folder.name}: {err}")
         everywhere = acc.gather(torch.tensor([int(found is not None)], device=acc.device))
         if found is not None and bool(everywhere.all()):

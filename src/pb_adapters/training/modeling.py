@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from pb_adapters.errors import ConfigError
 from pb_adapters.heads import LabelState, create_task_head, set_label_state
 from pb_adapters.targeting import find_head_paths, model_family
 
@@ -71,7 +72,7 @@ def head_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(path, module)`` of the classifier layer(s) of a plain timm / transformers model."""
     paths = find_head_paths(model)
     if not paths:
-        raise ValueError(
+        raise ConfigError(
             f"cannot find the classifier head of {type(model).__name__}; baselines need a timm "
             "model (pretrained_cfg['classifier']) or a transformers *ForImageClassification model"
         )

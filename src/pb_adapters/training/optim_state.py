@@ -12,10 +12,12 @@ A checkpoint stores:
   scaler's state;
 * ``scheduler.json``: the learning-rate schedule's position (``last_epoch``, base and last rates).
 
-Parameters are identified by their names in the model, never by position. :func:`read_training_state`
-checks every name, dtype, shape and hyperparameter against the live model, optimiser and
-schedule and returns a :class:`TrainingState`; only its :meth:`~TrainingState.apply` changes
-anything.
+Under FSDP every process writes the slices it holds of the model and the optimiser state as
+``model.shard-<process>.safetensors`` and ``optimizer.shard-<process>.safetensors`` (same names
+inside); a sharded run resumes with the same number of processes. Parameters are identified by
+their names in the model, never by position. :func:`read_training_state` checks every name,
+dtype, shape and hyperparameter against the live model, optimiser and schedule and returns a
+:class:`TrainingState`; only its :meth:`~TrainingState.apply` changes anything.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from pb_adapters.training.checkpoint_io import CheckpointReader
+from pb_adapters.training.checkpoint_io import CheckpointReader, shard_file
 from pb_adapters.training.errors import CheckpointError
+from pb_adapters.training.sharding import local_tensor
 
 __all__ = [
     "MODEL_FILE",
@@ -66,15 +69,16 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, tensor in model.state_dict(keep_vars=True).items():
         if not isinstance(tensor, torch.Tensor):
             continue  # a module's extra state: none of the models trained here has one
+        local = local_tensor(tensor)  # FSDP: the slice this process holds
         key = (
-            tensor.device,
-            tensor.untyped_storage().data_ptr(),
-            tensor.storage_offset(),
-            tuple(tensor.shape),
-            tensor.stride(),
-            tensor.dtype,
+            local.device,
+            local.untyped_storage().data_ptr(),
+            local.storage_offset(),
+            tuple(local.shape),
+            local.stride(),
+            local.dtype,
         )
-        if tensor.numel() and key in seen:
+        if local.numel() and key in seen:
             continue
         seen.add(key)
         state[name] = tensor
@@ -86,7 +90,7 @@ def _to_file(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     storages: set[tuple[Any, int]] = set()
     for name, tensor in tensors.items():
-        t = tensor.detach().to("cpu").contiguous()
+        t = local_tensor(tensor).detach().to("cpu").contiguous()
         ptr = (t.device, t.untyped_storage().data_ptr())
         if t.numel() and ptr in storages:
             t = t.clone()  # an overlapping view of a tensor already written
@@ -139,18 +143,30 @@ def write_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any = None,
+    *,
+    shard: int | None = None,
+    index: bool = True,
 ) -> list[str]:
-    """Write model, optimiser and schedule state into ``folder``; return the file names."""
+    """Write model, optimiser and schedule state into ``folder``; return the file names.
+
+    ``shard``: this process's slices under FSDP (every process calls this). ``index``: also
+    write the JSON files (the optimiser index and the schedule, the same on every process).
+    """
     import json
 
-    save_file(_to_file(model_state(model)), folder / MODEL_FILE)
-    index, tensors = _optimizer_index(optimizer, _parameter_names(model))
-    index["grad_scaler"] = scaler.state_dict() if scaler is not None else None
-    save_file(_to_file(tensors), folder / OPTIMIZER_FILE)
-    (folder / OPTIMIZER_INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
-    schedule = {k: _json_value(v) for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-    (folder / SCHEDULER_FILE).write_text(json.dumps(schedule, indent=1) + "\n")
-    return [MODEL_FILE, OPTIMIZER_FILE, OPTIMIZER_INDEX_FILE, SCHEDULER_FILE]
+    names = [shard_file(MODEL_FILE, shard), shard_file(OPTIMIZER_FILE, shard)]
+    save_file(_to_file(model_state(model)), folder / names[0])
+    described, tensors = _optimizer_index(optimizer, _parameter_names(model))
+    save_file(_to_file(tensors), folder / names[1])
+    if index:
+        described["grad_scaler"] = scaler.state_dict() if scaler is not None else None
+        (folder / OPTIMIZER_INDEX_FILE).write_text(json.dumps(described, indent=1) + "\n")
+        schedule = {
+            k: _json_value(v) for k, v in scheduler.state_dict().items() if k != "lr_lambdas"
+        }
+        (folder / SCHEDULER_FILE).write_text(json.dumps(schedule, indent=1) + "\n")
+        names += [OPTIMIZER_INDEX_FILE, SCHEDULER_FILE]
+    return names
 
 
 # ---------------------------------------------------------------------------- checks
@@ -222,22 +238,48 @@ class TrainingState:
         live = model_state(self.model)
         with torch.no_grad():
             for name, tensor in self.model_tensors.items():
-                live[name].copy_(tensor)
+                local_tensor(live[name]).copy_(tensor)  # FSDP: this process's slice
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for position, entries in self.optimizer_state["state"].items():
+            for key, value in entries.items():
+                if key != "step":  # moments are laid out like their parameter (sharded or not)
+                    entries[key] = _like_parameter(value, params[position])
         self.optimizer.load_state_dict(self.optimizer_state)
         self.scheduler.load_state_dict({**self.scheduler.state_dict(), **self.scheduler_state})
         if self.scaler is not None and self.scaler_state is not None:
             self.scaler.load_state_dict(self.scaler_state)
 
 
-def _read_model(reader: CheckpointReader, model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's tensors; parameters must be finite (buffers may hold infinities, such as
-    attention masks)."""
-    expected = {n: (t.dtype, tuple(t.shape)) for n, t in model_state(model).items()}
-    tensors = reader.tensors(MODEL_FILE, "model state", expected)[0]
-    parameters = {name for name, _ in model.named_parameters()}
-    for name, tensor in tensors.items():
-        if name in parameters and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{reader.folder / MODEL_FILE}: parameter {name!r} is not finite")
+def _like_parameter(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``value`` (this process's part) as a tensor laid out like ``param``: under FSDP, a
+    ``DTensor`` sharded as the parameter is."""
+    mesh = getattr(param, "device_mesh", None)
+    if mesh is None:
+        return value
+    from torch.distributed.tensor import DTensor
+
+    local = value.to(local_tensor(param).device)
+    return DTensor.from_local(
+        local, mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+    )
+
+
+def _local_spec(tensor: torch.Tensor) -> tuple[torch.dtype, tuple[int, ...]]:
+    return tensor.dtype, tuple(local_tensor(tensor).shape)
+
+
+def _read_model(
+    reader: CheckpointReader, model: nn.Module, shard: int | None
+) -> dict[str, torch.Tensor]:
+    """The model's tensors (this process's slices with ``shard``); parameters must be finite
+    (buffers may hold infinities, such as attention masks)."""
+    name = shard_file(MODEL_FILE, shard)
+    expected = {n: _local_spec(t) for n, t in model_state(model).items()}
+    tensors = reader.tensors(name, "model state", expected)[0]
+    parameters = {n for n, _ in model.named_parameters()}
+    for key, tensor in tensors.items():
+        if key in parameters and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{reader.folder / name}: parameter {key!r} is not finite")
     return tensors
 
 
@@ -262,10 +304,25 @@ def _read_groups(index: dict[str, Any], optimizer: torch.optim.Optimizer, names:
     return groups
 
 
+def _check_state_tensor(key: str, tensor: torch.Tensor) -> None:
+    field = key.rpartition("/")[2]
+    if not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(f"optimiser state {key!r} holds non-finite values")
+    if field == "step" and (float(tensor) < 0 or float(tensor) != int(float(tensor))):
+        raise CheckpointError(f"optimiser step count {key!r} is {float(tensor)}")
+    if field.endswith("exp_avg_sq") and bool((tensor < 0).any()):  # a running mean of squares
+        raise CheckpointError(f"optimiser state {key!r} holds negative values")
+
+
 def _read_optimizer(
-    reader: CheckpointReader, index: Any, optimizer: torch.optim.Optimizer, model: nn.Module
+    reader: CheckpointReader,
+    index: Any,
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    shard: int | None,
 ) -> dict[str, Any]:
-    """The optimiser's state dict (torch's layout), every entry checked against ``optimizer``."""
+    """The optimiser's state dict (torch's layout, this process's slices with ``shard``), every
+    entry checked against ``optimizer``."""
     kind = type(optimizer).__name__
     if not isinstance(index, dict) or index.get("class") != kind or kind not in _STATE_KEYS:
         raise CheckpointError(f"the checkpoint's optimiser is not this run's {kind}")
@@ -287,18 +344,13 @@ def _read_optimizer(
         if len(state_keys) != len(wanted) or set(state_keys) != wanted:
             raise CheckpointError(f"optimiser state of {name!r} has keys {state_keys!r}")
         for key in state_keys:
-            scalar = key == "step"
-            expected[f"{name}/{key}"] = (None, ()) if scalar else (param.dtype, tuple(param.shape))
-    tensors = reader.tensors(OPTIMIZER_FILE, "optimiser state", expected)[0]
+            expected[f"{name}/{key}"] = (None, ()) if key == "step" else _local_spec(param)
+    file = shard_file(OPTIMIZER_FILE, shard)
+    tensors = reader.tensors(file, "optimiser state", expected)[0]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
+        _check_state_tensor(key, tensor)
         name, _, field = key.rpartition("/")
-        if not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"optimiser state {key!r} holds non-finite values")
-        if field == "step" and (float(tensor) < 0 or float(tensor) != int(float(tensor))):
-            raise CheckpointError(f"optimiser step count {key!r} is {float(tensor)}")
-        if field.endswith("exp_avg_sq") and bool((tensor < 0).any()):  # a running mean of squares
-            raise CheckpointError(f"optimiser state {key!r} holds negative values")
         state.setdefault(positions[name], {})[field] = tensor
     return {"state": state, "param_groups": groups}
 
@@ -309,11 +361,14 @@ def read_training_state(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any = None,
+    *,
+    shard: int | None = None,
 ) -> TrainingState:
-    """Read and check model, optimiser, schedule and scaler state; change nothing."""
-    tensors = _read_model(reader, model)
+    """Read and check model, optimiser, schedule and scaler state (this process's slices of
+    the model and optimiser with ``shard``); change nothing."""
+    tensors = _read_model(reader, model, shard)
     index = reader.json(OPTIMIZER_INDEX_FILE, "optimiser index")
-    optimizer_state = _read_optimizer(reader, index, optimizer, model)
+    optimizer_state = _read_optimizer(reader, index, optimizer, model, shard)
     live = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     schedule = _like_dict(reader.json(SCHEDULER_FILE, "schedule"), live, "the schedule's")
     saved_scaler = index.get("grad_scaler")

@@ -26,18 +26,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from pb_adapters.training.checkpoint_io import CheckpointReader, Expected, file_manifest
+from pb_adapters.training.checkpoint_io import (
+    CheckpointReader,
+    Expected,
+    file_manifest,
+    shard_file,
+)
 from pb_adapters.training.errors import CheckpointError
+from pb_adapters.training.sharding import local_tensor
 
 __all__ = [
     "BEST_STATE_FILE",
     "STATE_FILE",
     "RunState",
+    "best_state_file",
     "best_state_spec",
     "read_rng_state",
     "restore_trainable_state",
     "rng_state",
     "rng_state_file",
+    "save_best_state",
     "save_rng_state",
     "set_rng_state",
     "trainable_state",
@@ -45,7 +53,8 @@ __all__ = [
 
 #: JSON state of a checkpoint; written last, so its presence marks a complete checkpoint.
 STATE_FILE = "trainer_state.json"
-#: The best epoch's trainable parameters and floating-point buffers.
+#: The best epoch's trainable parameters and floating-point buffers (under FSDP, each process's
+#: slice is ``best_state.shard-<process>.safetensors``: see :func:`best_state_file`).
 BEST_STATE_FILE = "best_state.safetensors"
 _BUFFER = "buffer:"
 
@@ -143,16 +152,10 @@ class RunState:
         return cls.from_dict(data)
 
     def save(self, folder: Path, *, args: dict[str, Any], files: Iterable[str] = ()) -> None:
-        """Write ``best_state.safetensors`` (if any), then ``trainer_state.json`` with ``args``
-        and the manifest (size and SHA-256) of ``files`` and the best state."""
-        from safetensors.torch import save_file
-
-        names = list(files)
-        if self.best_state is not None:
-            tensors = {k: v.detach().contiguous().cpu() for k, v in self.best_state.items()}
-            save_file(tensors, folder / BEST_STATE_FILE)
-            names.append(BEST_STATE_FILE)
-        data = {**self.to_dict(), "args": args, "files": file_manifest(folder, names)}
+        """Write ``trainer_state.json``: the JSON fields, ``args``, and the manifest (size and
+        SHA-256) of the checkpoint's other ``files`` (the best state is written apart, by
+        :func:`save_best_state`)."""
+        data = {**self.to_dict(), "args": args, "files": file_manifest(folder, files)}
         (folder / STATE_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
@@ -211,23 +214,42 @@ def _best_items(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of what training changes: trainable parameters, and the persistent floating
-    buffers and batch counts (norm statistics)."""
+    buffers and batch counts (norm statistics). Under FSDP, reshard the model first: the copy
+    holds this process's slices."""
     return {name: t.detach().clone() for name, t in _best_items(model)}
 
 
 def best_state_spec(model: nn.Module) -> Expected:
-    """What :func:`trainable_state` of ``model`` holds: name -> (dtype, shape)."""
-    return {name: (t.dtype, tuple(t.shape)) for name, t in _best_items(model)}
+    """What this process's part of :func:`trainable_state` holds: name -> (dtype, shape)."""
+    return {name: (t.dtype, tuple(local_tensor(t).shape)) for name, t in _best_items(model)}
 
 
 def restore_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy a :func:`trainable_state` back into ``model``."""
+    """Copy a :func:`trainable_state` (or the slices read from a checkpoint) back into
+    ``model``; under FSDP, reshard the model first."""
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     with torch.no_grad():
         for key, value in state.items():
             target = buffers[key[len(_BUFFER) :]] if key.startswith(_BUFFER) else params[key]
-            target.copy_(value)
+            local_tensor(target).copy_(local_tensor(value))  # FSDP: this process's slice
+
+
+def best_state_file(shard: int | None = None) -> str:
+    """``best_state.safetensors``, or process ``shard``'s slice of it under FSDP."""
+    return shard_file(BEST_STATE_FILE, shard)
+
+
+def save_best_state(
+    best_state: dict[str, torch.Tensor] | None, folder: Path, shard: int | None = None
+) -> None:
+    """Write the best epoch's state (this process's slices with ``shard``) into ``folder``;
+    nothing before the first validated epoch."""
+    from safetensors.torch import save_file
+
+    if best_state is not None:
+        tensors = {k: local_tensor(v).detach().contiguous().cpu() for k, v in best_state.items()}
+        save_file(tensors, folder / best_state_file(shard))
 
 
 # ---------------------------------------------------------------------------- random states

@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from pb_adapters.errors import ConfigError
+
 __all__ = ["TRACKER_NAMES", "resolve_report_to", "tracker_config"]
 
 #: Tracker names Accelerate knows, in the order "all" lists them.
@@ -68,13 +70,13 @@ def resolve_report_to(report_to: str | Sequence[str] | None) -> list[str]:
         ]
     unknown = [n for n in names if n not in TRACKER_NAMES]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown tracker(s) {', '.join(unknown)} in report_to; choose from none, auto, all, "
             + ", ".join(TRACKER_NAMES)
         )
     missing = [n for n in names if not _installed(n)]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"report_to names {', '.join(missing)}, which is not installed "
             f"(pip install {' '.join(missing)})"
         )

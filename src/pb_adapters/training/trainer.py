@@ -75,8 +75,14 @@ from pb_adapters.training.data import (
     build_dataloader,
     default_eval_batch_size,
 )
-from pb_adapters.training.data.loaders import EpochSampler
-from pb_adapters.training.errors import DivergenceError, OutputError
+from pb_adapters.training.data.loaders import EpochSampler, default_num_workers
+from pb_adapters.training.data.stream_loader import (
+    StreamLoader,
+    evaluate_stream,
+    stream_batches_per_epoch,
+)
+from pb_adapters.training.data.streaming import is_streamed
+from pb_adapters.training.errors import CheckpointError, DivergenceError, OutputError
 from pb_adapters.training.metrics import ClassificationMetrics
 from pb_adapters.training.modeling import (
     forward_logits,
@@ -91,6 +97,12 @@ from pb_adapters.training.run_state import (
     rng_state,
     set_rng_state,
     trainable_state,
+)
+from pb_adapters.training.sharding import (
+    check_supported,
+    full_parameters,
+    keep_weights_sharded,
+    reshard,
 )
 from pb_adapters.utils.files import atomic_write_bytes
 
@@ -170,8 +182,8 @@ class _Run:
     unwrapped: nn.Module
     optimizer: Any  # Accelerate's wrapper
     scheduler: Any
-    train_loader: DataLoader
-    sampler: EpochSampler
+    train_loader: DataLoader | StreamLoader
+    sampler: EpochSampler | None  # None for a streamed training split
     val_loader: DataLoader | None
     test_loader: DataLoader | None
     groups: list[dict[str, Any]]
@@ -248,6 +260,7 @@ class PiggybackTrainer:
         self.output_dir = Path(args.output_dir)
         self._head_names: list[str] = []
         self._run: _Run | None = None
+        self._stream: StreamLoader | None = None  # the training stream of a streamed run
 
     @property
     def run_label(self) -> str:
@@ -342,9 +355,12 @@ class PiggybackTrainer:
         A dataset is wrapped in a loader first. Results are gathered over all processes.
         """
         acc = self.accelerator
+        model = model if model is not None else self.model
+        if is_streamed(loader):  # each process reads its own part of a streamed split
+            stream = loader if isinstance(loader, StreamLoader) else self._loader(loader, False)
+            return evaluate_stream(stream, model, acc, self._set_train_mode)  # type: ignore[arg-type]
         if not isinstance(loader, DataLoader):
             loader = acc.prepare_data_loader(self._loader(loader, train=False))
-        model = model if model is not None else self.model
         was_training = model.training
         model.eval()
         metrics = ClassificationMetrics(ks=(1, 5))
@@ -357,6 +373,16 @@ class PiggybackTrainer:
             self._set_train_mode(model)
         return metrics.compute()
 
+    @staticmethod
+    def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+        reshard(model)  # FSDP: this process's slices, not the outer unit's gathered weights
+        return trainable_state(model)
+
+    @staticmethod
+    def _restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        reshard(model)
+        restore_trainable_state(model, state)
+
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
             with open(self.output_dir / self.args.metrics_file, "a", encoding="utf-8") as fh:
@@ -368,6 +394,7 @@ class PiggybackTrainer:
         return resolve_checkpoint(self.output_dir, reference)
 
     def _save_checkpoint(self, run: _Run, state: RunState) -> Path:
+        stream, index = self._stream, self.accelerator.process_index
         return save_checkpoint(
             self.accelerator,
             self.output_dir,
@@ -377,6 +404,9 @@ class PiggybackTrainer:
             model=run.unwrapped,
             optimizer=_raw_optimizer(run.optimizer),
             scheduler=run.scheduler,
+            write_extra=None
+            if stream is None
+            else lambda folder: stream.save_state(folder, index, state.batches_in_epoch),
         )
 
     def _checkpoint_state(self, run: _Run, batches: int, *, unfinished: bool) -> RunState:
@@ -408,6 +438,7 @@ class PiggybackTrainer:
         if self._run is not None:
             return
         args = self.args
+        check_supported(self.accelerator)
         set_seed(args.seed)
         candidates = (
             resume_candidates(self.output_dir, args.resume_from_checkpoint)
@@ -422,6 +453,7 @@ class PiggybackTrainer:
                 model=run.unwrapped,
                 optimizer=_raw_optimizer(run.optimizer),
                 scheduler=run.scheduler,
+                also=self._check_stream_position,
             )
             run.state = checkpoint.apply()
             self._resumed(checkpoint)
@@ -456,6 +488,16 @@ class PiggybackTrainer:
         run.bar.close()
         return self._finish(run, start)
 
+    def _check_stream_position(self, folder: Path) -> None:
+        """A streamed run continues where the checkpoint left its stream (each process reads
+        its own position; a position that does not fit makes the checkpoint unusable)."""
+        if self._stream is None:
+            return
+        try:
+            self._stream.load_state(folder, self.accelerator.process_index)
+        except (DataError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{folder}: {err}") from err
+
     def _resumed(self, checkpoint: Checkpoint) -> None:
         """Take the loaded checkpoint's counters on, and say where the run stands."""
         state = checkpoint.run_state
@@ -487,6 +529,14 @@ class PiggybackTrainer:
         batch_size = args.batch_size
         if not train:
             batch_size = args.eval_batch_size or default_eval_batch_size(args.batch_size)
+        if is_streamed(dataset):  # read by this process alone: Accelerate does not shard it
+            acc = self.accelerator
+            workers = default_num_workers() if args.num_workers is None else args.num_workers
+            return StreamLoader(
+                dataset, batch_size, train=train, rank=acc.process_index,
+                world_size=acc.num_processes, num_workers=workers, device=acc.device,
+                keep=args.gradient_accumulation_steps + 1,
+            )  # type: ignore[return-value]  # fmt: skip
         return build_dataloader(
             dataset, batch_size, train=train, seed=args.seed, num_workers=args.num_workers
         )
@@ -502,16 +552,31 @@ class PiggybackTrainer:
         else:
             optimizer = torch.optim.Adam(groups, weight_decay=args.weight_decay)
         train_loader = self._loader(self.train_dataset, train=True)
-        # an epoch's order depends only on (seed, epoch): a resumed run shuffles the same way
-        sampler = train_loader.sampler
         val_loader = self._loader(self.eval_dataset, train=False)
         test_loader = self._loader(self.test_dataset, train=False)
-        model, optimizer, train_loader = acc.prepare(self.model, optimizer, train_loader)
-        val_loader = acc.prepare_data_loader(val_loader) if val_loader is not None else None
-        test_loader = acc.prepare_data_loader(test_loader) if test_loader is not None else None
-        batches = len(train_loader)
-        if args.max_steps_per_epoch is not None:
-            batches = min(batches, args.max_steps_per_epoch)
+        # train mode first: eval-cached weights are buffers that DDP would record and broadcast
+        self._set_train_mode(self.model)
+        if isinstance(train_loader, StreamLoader):  # streamed: a fixed number of batches
+            sampler, self._stream = None, train_loader
+            model, optimizer = acc.prepare(self.model, optimizer)
+            batches = stream_batches_per_epoch(
+                train_loader, steps_per_epoch=args.steps_per_epoch,
+                accumulation=args.gradient_accumulation_steps, max_batches=args.max_steps_per_epoch,
+            )  # fmt: skip
+        else:
+            if args.steps_per_epoch is not None:
+                raise ConfigError("steps_per_epoch applies to a streamed training split")
+            # an epoch's order depends only on (seed, epoch): a resumed run shuffles the same way
+            sampler = train_loader.sampler
+            model, optimizer, train_loader = acc.prepare(self.model, optimizer, train_loader)
+            batches = len(train_loader)
+            if args.max_steps_per_epoch is not None:
+                batches = min(batches, args.max_steps_per_epoch)
+        keep_weights_sharded(acc.unwrap_model(model))
+        val_loader, test_loader = (
+            acc.prepare_data_loader(x) if isinstance(x, DataLoader) else x
+            for x in (val_loader, test_loader)
+        )
         steps_per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
         total_steps = steps_per_epoch * args.num_epochs
         # The scheduler is stepped by hand once per optimiser step (not prepared: Accelerate would
@@ -577,9 +642,12 @@ class PiggybackTrainer:
         # resume). The raw optimiser: Accelerate's wrapper only zeroes on a sync step.
         _raw_optimizer(run.optimizer).zero_grad(set_to_none=True)
         run.epoch_start = time.perf_counter()
-        run.sampler.use_epoch(epoch - 1)
         acc = self.accelerator
-        loader = acc.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
+        if isinstance(run.train_loader, StreamLoader):  # the stream goes on where it stands
+            loader = run.train_loader.epoch(run.batches, done=skip)
+        else:
+            run.sampler.use_epoch(epoch - 1)  # type: ignore[union-attr]
+            loader = acc.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
         run.state.batches_in_epoch = skip
         run.rng_at_step = rng_state()
         return loader
@@ -673,7 +741,7 @@ class PiggybackTrainer:
             record.update({f"val_{k}": v for k, v in val.items()})
             improved = state.consider(epoch, val)
             if improved:
-                state.best_state = trainable_state(run.unwrapped)
+                state.best_state = self._snapshot(run.unwrapped)
             line += (
                 f" | val loss {val['loss']:.4f} top-1 {val['top1']:.2%} "
                 f"top-5 {val['top5']:.2%}" + (" *" if improved else "")
@@ -713,7 +781,7 @@ class PiggybackTrainer:
         """Restore the best epoch, test it, write the results, save (and push) the artifact."""
         args, acc, state = self.args, self.accelerator, run.state
         if state.best_state is not None and state.best_epoch != args.num_epochs:
-            restore_trainable_state(run.unwrapped, state.best_state)
+            self._restore(run.unwrapped, state.best_state)
             acc.print(
                 f"restored the best epoch ({state.best_epoch}, validation top-1 "
                 f"{state.best_val['top1']:.2%})"
@@ -809,18 +877,19 @@ class PiggybackTrainer:
         """Save the adapter into ``output_dir`` (main process only); return the folder."""
         acc = self.accelerator
         folder: Path | None = None
-        if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            datasets = [self.dataset_name] if self.dataset_name else None
-            folder = Path(
-                model.save_pretrained(
-                    self.output_dir,
-                    metrics=self.artifact_metrics(result),
-                    datasets=datasets,
-                    mask_encoding=self.args.mask_encoding,
+        model = acc.unwrap_model(self.model)
+        with full_parameters(model, acc.is_main_process):  # FSDP: gathered on the main process
+            if acc.is_main_process:
+                datasets = [self.dataset_name] if self.dataset_name else None
+                folder = Path(
+                    model.save_pretrained(
+                        self.output_dir,
+                        metrics=self.artifact_metrics(result),
+                        datasets=datasets,
+                        mask_encoding=self.args.mask_encoding,
+                    )
+                    or self.output_dir
                 )
-                or self.output_dir
-            )
         acc.wait_for_everyone()
         return folder or self.output_dir
 

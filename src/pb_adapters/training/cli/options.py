@@ -133,6 +133,7 @@ def training_arguments_from_args(
         mixed_precision=ns.mixed_precision,
         num_workers=ns.num_workers,
         max_steps_per_epoch=ns.max_steps_per_epoch,
+        steps_per_epoch=getattr(ns, "steps_per_epoch", None),
         disable_progress_bar=ns.no_progress,
         cpu=ns.cpu,
         save_steps=ns.save_steps,

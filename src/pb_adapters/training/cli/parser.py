@@ -128,6 +128,42 @@ def _add_data_options(g: Any) -> None:
     g.add_argument("--max-train-samples", type=int, default=None)
     g.add_argument("--max-eval-samples", type=int, default=None)
     g.add_argument("--num-workers", type=int, default=None, help="data loader workers per process")
+    _add_streaming_options(g)
+
+
+def _add_streaming_options(g: Any) -> None:
+    g.add_argument(
+        "--streaming",
+        action="store_true",
+        help="read --dataset as a stream (datasets' streaming=True): Hub name, image folder or "
+        "data files; needs --steps-per-epoch unless the dataset knows its size",
+    )
+    g.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="optimiser steps per epoch of a streamed dataset (default: its size, if known)",
+    )
+    g.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=1000,
+        help="examples in the shuffle buffer of a streamed training split (0: no buffer)",
+    )
+    g.add_argument(
+        "--val-examples",
+        type=int,
+        default=None,
+        help="streaming: hold out the first N training examples for validation "
+        "(default: the dataset's validation split, else none)",
+    )
+    g.add_argument(
+        "--test-examples",
+        type=int,
+        default=None,
+        help="streaming: hold out the next N training examples for testing "
+        "(default: the dataset's test split, else none)",
+    )
 
 
 def _add_optimisation_options(g: Any) -> None:
@@ -417,11 +453,28 @@ def _check_run_options(ns: argparse.Namespace, spec: MethodSpec | None) -> None:
         raise TrainOptionError(f"--mask-encoding does not apply to --method {method}: it {what}")
     if getattr(ns, "max_image_pixels", None) is not None and ns.max_image_pixels < 0:
         raise TrainOptionError("--max-image-pixels must be >= 0 (0: no bound but PIL's own)")
+    _check_streaming_options(ns, spec)
     if ns.resume and spec is not None and spec.training_schedule is not None:
         raise TrainOptionError(
             f"--resume continues one training run; --method {method} trains in phases of its "
             "own schedule and cannot continue from a step checkpoint"
         )
+
+
+def _check_streaming_options(ns: argparse.Namespace, spec: MethodSpec | None) -> None:
+    """Streaming options only with ``--streaming``, and ``--streaming`` only where it works."""
+    streaming = getattr(ns, "streaming", False)
+    if not streaming:
+        for flag in ("steps_per_epoch", "val_examples", "test_examples"):
+            if getattr(ns, flag, None) is not None:
+                raise TrainOptionError(f"--{flag.replace('_', '-')} applies to --streaming")
+        return
+    if ns.dataset is None:
+        raise TrainOptionError(
+            "--streaming reads --dataset: a Hub name, image folder or data files"
+        )
+    if spec is not None and spec.training_schedule is not None:
+        raise TrainOptionError(f"--method {ns.method} trains in phases; it cannot stream its data")
 
 
 def check_train_options(ns: argparse.Namespace) -> None:

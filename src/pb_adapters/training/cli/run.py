@@ -41,8 +41,14 @@ from pb_adapters.training.cli.parser import (
     parse_train_args,
     save_run_config,
 )
-from pb_adapters.training.data import DatasetSplits, build_transforms, load_datasets
+from pb_adapters.training.data import (
+    DatasetSplits,
+    build_transforms,
+    check_splits,
+    load_datasets,
+)
 from pb_adapters.training.errors import OutputError
+from pb_adapters.training.sharding import full_parameters, is_sharded
 from pb_adapters.training.trainer import PiggybackTrainer, make_accelerator, prepare_baseline_model
 from pb_adapters.utils.reporting import run_reporting_errors
 
@@ -107,7 +113,24 @@ def _create_named_backbone(name: str, *, pretrained: bool, library: str) -> nn.M
 
 
 def load_splits(ns: argparse.Namespace, source: str | None) -> DatasetSplits:
-    """The train/validation/test splits of ``source`` as the data options in ``ns`` say."""
+    """The train/validation/test splits of ``source`` as the data options in ``ns`` say
+    (streamed ones, :class:`~pb_adapters.training.data.streaming.StreamingSplits`, with
+    ``--streaming``)."""
+    if getattr(ns, "streaming", False):
+        from pb_adapters.training.data.streaming import load_streaming_datasets
+
+        return load_streaming_datasets(  # type: ignore[return-value]
+            str(source),
+            image_column=ns.image_column,
+            label_column=ns.label_column,
+            val_examples=ns.val_examples,
+            test_examples=ns.test_examples,
+            max_train_examples=ns.max_train_samples,
+            max_eval_examples=ns.max_eval_samples,
+            shuffle_buffer=ns.shuffle_buffer,
+            seed=ns.seed,
+            strict=ns.strict_data,
+        )
     splits = load_datasets(
         source,
         image_column=ns.image_column,
@@ -120,6 +143,8 @@ def load_splits(ns: argparse.Namespace, source: str | None) -> DatasetSplits:
     )
     if ns.max_train_samples or ns.max_eval_samples:
         splits.limit(ns.max_train_samples, ns.max_eval_samples, seed=ns.seed)
+    # refused before training: one class, or a split asked for that holds no image
+    check_splits(splits, val_fraction=ns.val_fraction, test_fraction=ns.test_fraction)
     return splits
 
 
@@ -219,10 +244,13 @@ def _summary(
         "train_mode": args.train_mode,
         "model": ns.model or _DEMO_BASE_NAME,
         "dataset": splits.name,
-        "splits": {
-            "train": len(splits.train),
-            "validation": len(splits.validation),
-            "test": len(splits.test),
+        "splits": {  # None: streamed, or no such split
+            name: len(split) if hasattr(split, "__len__") else None
+            for name, split in (
+                ("train", splits.train),
+                ("validation", splits.validation),
+                ("test", splits.test),
+            )
         },
         "epochs": args.num_epochs,
         "best_epoch": result.best_epoch,
@@ -247,6 +275,19 @@ class _Report:
 
     def adapter(self) -> None:
         """Mask sparsity, artifact size and the reload check."""
+        acc, model = self.trainer.accelerator, self.trainer.model
+        # FSDP: the figures need whole tensors, gathered onto the main process (which alone
+        # prints and writes the summary); without FSDP every process computes them
+        with full_parameters(model, acc.is_main_process):
+            if acc.is_main_process or not is_sharded(model):
+                self.figures()
+        # every process takes part (it evaluates); a run may have no test split to compare on
+        check = not self.ns.no_reload_check and self.result.test
+        if self.result.artifact_dir is not None and check:
+            self.reload_check()
+
+    def figures(self) -> None:
+        """Mask sparsity and the artifact's size."""
         model, summary, say = self.trainer.model, self.summary, self.say
         stats = model.mask_stats()
         masked = int(model.adapter_size()["masked_weights"])
@@ -264,8 +305,6 @@ class _Report:
         if self.result.artifact_dir is None:
             return
         self.artifact(self.result.artifact_dir, stats.entropy_bits, masked)
-        if not self.ns.no_reload_check:
-            self.reload_check()
 
     def artifact(self, folder: Path, entropy_bits: float, masked: int) -> None:
         """The artifact's files and the bits it spends per masked weight."""

@@ -20,7 +20,7 @@ from pb_adapters.training.data.images import (
     IMAGE_EXTENSIONS,
     check_image_file,
 )
-from pb_adapters.training.data.splits import DatasetSplits, check_splits, complete_splits
+from pb_adapters.training.data.splits import DatasetSplits, complete_splits
 
 __all__ = ["load_image_folder", "scan_image_folder"]
 
@@ -210,10 +210,12 @@ def load_image_folder(
     and/or ``test``, each laid out as ``<split>/<class>/<image>``. Class indices follow the sorted
     union of class folder names across splits.
 
+    Splits a training run cannot use (a single class, an empty split) are refused by
+    :func:`~pb_adapters.training.data.splits.check_splits`, which the training command line
+    calls; evaluating one class alone is fine.
+
     Raises:
-        DataError: besides what :func:`scan_image_folder` refuses: fewer than two classes, a
-            file in two split folders, or a split left without images (see
-            :func:`~pb_adapters.training.data.splits.check_splits`).
+        DataError: besides what :func:`scan_image_folder` refuses: a file in two split folders.
     """
     root = Path(root)
     if not root.is_dir():
@@ -246,11 +248,9 @@ def load_image_folder(
     repeated = sum(scan.duplicates for scan in scans.values())
     if repeated:
         notes.append(f"{repeated} file(s) reached twice through links used once")
-    splits = DatasetSplits(
+    return DatasetSplits(
         train, validation, test, dict(enumerate(classes)), name=root.name or str(root), notes=notes
     )
-    check_splits(splits, val_fraction=val_fraction, test_fraction=test_fraction)
-    return splits
 
 
 def _refuse_shared_files(scans: dict[str, _Scan]) -> None:

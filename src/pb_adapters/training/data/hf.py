@@ -9,9 +9,9 @@ from typing import Any
 
 from pb_adapters.training.data.datasets import DataError, HFImageDataset
 from pb_adapters.training.data.images import DEFAULT_MAX_IMAGE_PIXELS
-from pb_adapters.training.data.splits import DatasetSplits, check_splits, complete_splits
+from pb_adapters.training.data.splits import DatasetSplits, complete_splits
 
-__all__ = ["is_saved_hf_dataset", "load_hf_datasets"]
+__all__ = ["is_saved_hf_dataset", "load_hf_datasets", "named_splits"]
 
 _HF_SPLIT_NAMES = {
     "train": ("train", "training"),
@@ -95,6 +95,12 @@ def _read_splits(name_or_path: str, config_name: str | None, **load_kwargs: Any)
         ) from err
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
+    return named_splits(loaded, name_or_path)
+
+
+def named_splits(loaded: Any, source: str) -> dict[str, Any]:
+    """Our split name -> the split of ``loaded`` (a dict of splits) that it names; ``train``
+    must be there."""
     splits: dict[str, Any] = {}
     for ours, theirs in _HF_SPLIT_NAMES.items():
         for t in theirs:
@@ -102,7 +108,7 @@ def _read_splits(name_or_path: str, config_name: str | None, **load_kwargs: Any)
                 splits[ours] = loaded[t]
                 break
     if "train" not in splits:
-        raise DataError(f"{name_or_path} has splits {list(loaded)} but none named 'train'")
+        raise DataError(f"{source} has splits {list(loaded)} but none named 'train'")
     return splits
 
 
@@ -161,9 +167,8 @@ def load_hf_datasets(
     :class:`DataError` when read.
 
     Raises:
-        DataError: the data set cannot be loaded, lacks the columns, has fewer than two
-            classes or a split left without images (see
-            :func:`~pb_adapters.training.data.splits.check_splits`).
+        DataError: the data set cannot be loaded or lacks the columns (splits a training run
+            cannot use: :func:`~pb_adapters.training.data.splits.check_splits`).
     """
     splits = _read_splits(name_or_path, config_name, **load_kwargs)
     features = splits["train"].features
@@ -184,6 +189,4 @@ def load_hf_datasets(
     )
     path = Path(name_or_path)
     name = path.name if path.is_dir() else name_or_path
-    splits = DatasetSplits(train, validation, test, dict(enumerate(names)), name=name, notes=notes)
-    check_splits(splits, val_fraction=val_fraction, test_fraction=test_fraction)
-    return splits
+    return DatasetSplits(train, validation, test, dict(enumerate(names)), name=name, notes=notes)

@@ -67,7 +67,7 @@ def load_datasets(
             but PIL's own).
 
     Raises:
-        DataError: the source cannot be read or cannot be trained on (see
+        DataError: the source cannot be read (whether a run can train on it:
             :func:`~pb_adapters.training.data.splits.check_splits`).
     """
     named = _named_source(None if source is None else str(source))

@@ -150,11 +150,12 @@ def complete_splits(
 
 
 def check_splits(splits: DatasetSplits, *, val_fraction: float, test_fraction: float) -> None:
-    """Refuse splits a run cannot learn from or would report meaningless results on.
+    """Refuse splits a training run cannot learn from or would report meaningless results on.
 
     At least two classes, a training split holding images of at least two, and a validation
     and a test split that are not empty, unless their fraction is 0 (then they are meant to be
-    absent: nothing is evaluated or reported on them).
+    absent: nothing is evaluated or reported on them). The training command line calls this
+    after loading; the loaders themselves accept such splits (evaluating one class is fine).
 
     Raises:
         DataError: saying which split and what to change.
