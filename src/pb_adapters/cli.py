@@ -10,12 +10,14 @@ Subcommands:
 
 Each subcommand is one ``add_<name>(subparsers)`` function that declares its arguments and sets
 ``func``; :data:`SUBCOMMANDS` lists them and is the only place to register a new one. Errors of
-the pb-adapters family are printed as one line on stderr with exit status 2.
+the pb-adapters family are printed as one line on stderr with exit status 2; any other error
+(a bug) as one line with exit status 3, its traceback only with ``PB_ADAPTERS_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +29,9 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_ERROR = 2
+EXIT_INTERNAL = 3
+#: Set to show the traceback of an unexpected error instead of one line.
+DEBUG_VARIABLE = "PB_ADAPTERS_DEBUG"
 
 SubParsers = Any  # argparse's _SubParsersAction is private; keep the annotation honest
 
@@ -47,11 +52,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .card import summarize_adapter
     from .hub import resolve_adapter_folder
     from .serialization import ARTIFACT_WEIGHTS_NAME, read_adapter_config
+    from .utils.files import folder_lock
 
     folder = resolve_adapter_folder(
         args.reference, revision=args.revision, subfolder=args.subfolder, token=args.token
     )
-    summary = summarize_adapter(read_adapter_config(folder), folder / ARTIFACT_WEIGHTS_NAME)
+    with folder_lock(folder, shared=True):  # the config and weights of one save
+        summary = summarize_adapter(read_adapter_config(folder), folder / ARTIFACT_WEIGHTS_NAME)
     bits = summary.bits_per_masked_weight
     entropy = summary.entropy_bits_per_masked_weight
     labels = summary.labels
@@ -233,7 +240,7 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status (0 ok, 2 usage or pb-adapters error)."""
+    """Run the command line; return the exit status (0 ok, 2 usage or pb-adapters error, 3 a bug)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -249,6 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pb-adapters {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug: still one line, the traceback only on request
+        if os.environ.get(DEBUG_VARIABLE):
+            raise
+        print(
+            f"pb-adapters {args.command}: internal error: {type(err).__name__}: {_one_line(err)} "
+            f"(set {DEBUG_VARIABLE}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -456,20 +457,31 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
             )
             return model
         validate_adapter_name(adapter_name)
-        folder = resolve_adapter_folder(model_id, **hub_kwargs)
+        folder: Path | None = None
         if isinstance(model, str):
+            folder = resolve_adapter_folder(model_id, **hub_kwargs)
             model = load_named_base(model, folder, base_revision, token, cache_dir)
-        # Plan against a wrapper that has not wrapped anything yet; remember the base's
-        # requires_grad flags, which creating the wrapper changes, to restore them on failure.
+        elif not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch module or a name, not {type(model).__name__}")
+        # Creating the wrapper freezes the base and sets its norm layers' modes: remember both,
+        # to give the caller's base back exactly as it was if anything below fails (the load
+        # itself takes back any layer it wrapped).
         flags = [(p, p.requires_grad) for p in model.parameters()]
+        modes = [(m, m.training) for m in model.modules()]
         wrapper = cls(model)
         try:
+            if folder is None:
+                # a download is checked against this base before the weights are fetched
+                limit = wrapper._weights_limit(adapter_name, str(model_id))
+                folder = resolve_adapter_folder(model_id, weights_limit=limit, **hub_kwargs)
             plan = wrapper._plan_load(folder, adapter_name, verify_base)
+            wrapper._apply_plan(plan, is_trainable)
         except BaseException:
             for param, flag in flags:
                 param.requires_grad_(flag)
+            for module, mode in modes:
+                module.training = mode
             raise
-        wrapper._apply_plan(plan, is_trainable)
         return wrapper
 
 
