@@ -41,7 +41,7 @@ from .mask_coding import (
     encode_bit_planes,
 )
 from .registry import get_method
-from .utils.files import folder_lock, fsync_path, remove_leftovers, replace_files
+from .utils.files import discard, folder_lock, fsync_path, remove_leftovers, replace_files
 from .utils.names import validate_adapter_name
 
 __all__ = [
@@ -174,12 +174,16 @@ def _keep_previous_weights(folder: Path, new_sha256: str) -> Path | None:
         # records, which the folder's weights file no longer does.
         return None
     tmp = backup.with_name(f"{backup.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
+    discard(tmp)
     try:
-        os.link(weights, tmp)
-    except OSError:  # no hard links on this file system: copy instead
-        shutil.copyfile(weights, tmp)
-    os.replace(tmp, backup)
+        try:
+            os.link(weights, tmp)
+        except OSError:  # no hard links on this file system: copy instead
+            shutil.copyfile(weights, tmp)
+        os.replace(tmp, backup)
+    except BaseException:
+        discard(tmp)
+        raise
     return backup
 
 
@@ -282,10 +286,10 @@ def commit_artifact(
                 replace_files(folder, files)
             except BaseException:
                 if backup is not None:
-                    backup.unlink(missing_ok=True)
+                    discard(backup)
                 raise
             for stale in folder.glob(f".{ARTIFACT_WEIGHTS_NAME}.*.prev"):
-                stale.unlink(missing_ok=True)
+                discard(stale)
             fsync_path(folder)
     except OSError as err:
         raise storage_error(err, f"save the artifact in {folder}") from None

@@ -45,8 +45,9 @@ def save_versions(folder: str, start: int, ready: Connection) -> None:
     ready.send("ready")
     version = start
     while True:
-        # every third save without the card: kills then land among the artifact's own writes
-        model.save_pretrained(folder, metrics={"version": version}, write_card=version % 3 != 0)
+        # a save renders its card before it writes anything: only every third save has one, so
+        # that most kills land among the files' writes rather than in the plot's rendering
+        model.save_pretrained(folder, metrics={"version": version}, write_card=version % 3 == 0)
         version += 1
         model = versioned_model(version)
 

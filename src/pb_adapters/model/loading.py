@@ -348,7 +348,7 @@ class LoadingMixin:
         try:
             self._install_plan(plan, is_trainable)
         except BaseException:
-            self._undo_plan(plan, previous, originals, base_keys)
+            self._take_back([task.name for task in plan.tasks], previous, originals, base_keys)
             raise
 
     def _install_plan(self, plan: _LoadPlan, is_trainable: bool) -> None:
@@ -381,15 +381,17 @@ class LoadingMixin:
         first = plan.tasks[-1].name
         self.set_adapter(first if self.active_adapter is None else self.active_adapter)
 
-    def _undo_plan(
+    def _take_back(
         self,
-        plan: _LoadPlan,
+        names: list[str],
         previous: str | None,
         originals: dict[str, nn.Module],
         base_keys: set[str],
     ) -> None:
-        """Put the model back as it was before :meth:`_install_plan` started."""
-        names = [task.name for task in plan.tasks]
+        """Remove the adapters ``names`` that an install (a load, ``add_adapter``) added before it
+        failed, and put the model back as it was: the modules at ``originals``' paths, the
+        ``base_modules`` keys ``base_keys`` and ``previous`` as the active adapter."""
+        self._install(None)  # the base's own modules back everywhere, while all are known
         for path, original in originals.items():
             current = self.base_model.get_submodule(path)
             if isinstance(current, AdapterLayer):

@@ -224,19 +224,23 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
             self.base_model, config.target_modules, config.exclude_modules
         )
         task_modules = self._new_task_modules(config)
-        for path, layer in self._wrap_targets(targets, spec.layer_class).items():
-            if not isinstance(layer, spec.layer_class):
-                raise ConfigError(f"module {path!r} already holds a {type(layer).__name__}")
-            layer.add_adapter(adapter_name, config)
-        self.peft_config[adapter_name] = config
-        self._labels[adapter_name] = self._labels_for(config)
-        self._register_task_modules(adapter_name, task_modules)
-        for _, module in task_modules.values():
-            module.requires_grad_(False)
-        if self.active_adapter is None:
-            self.set_adapter(adapter_name)
-        else:
-            self.set_adapter(self.active_adapter)
+        previous = self.active_adapter
+        originals = {path: self.base_model.get_submodule(path) for path in targets}
+        base_keys = set(self.base_modules.keys())
+        try:
+            for path, layer in self._wrap_targets(targets, spec.layer_class).items():
+                if not isinstance(layer, spec.layer_class):
+                    raise ConfigError(f"module {path!r} already holds a {type(layer).__name__}")
+                layer.add_adapter(adapter_name, config)
+            self.peft_config[adapter_name] = config
+            self._labels[adapter_name] = self._labels_for(config)
+            self._register_task_modules(adapter_name, task_modules)
+            for _, module in task_modules.values():
+                module.requires_grad_(False)
+            self.set_adapter(adapter_name if previous is None else previous)
+        except BaseException:  # a layer refused the adapter part way: take back what was added
+            self._take_back([adapter_name], previous, originals, base_keys)
+            raise
 
     def _install(self, name: str | None) -> None:
         """Put adapter ``name``'s task modules (or the base's, for ``None``) into the base model."""
@@ -250,8 +254,8 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
     @contextlib.contextmanager
     def _base_installed(self) -> Iterator[None]:
         previous = self.active_adapter
-        self._install(None)
         try:
+            self._install(None)  # inside the try: a swap failing part way is put back too
             yield
         finally:
             self._install(previous)
@@ -494,7 +498,20 @@ def get_piggyback_model(
     piggyback: all ones, so the outputs equal the base model's) and its head is fresh when
     ``config.num_labels`` is set.
     """
-    wrapper = model if isinstance(model, PiggybackModel) else PiggybackModel(model)
-    wrapper.add_adapter(adapter_name, config)
-    wrapper.set_adapter(adapter_name)
+    if isinstance(model, PiggybackModel):
+        model.add_adapter(adapter_name, config)
+        model.set_adapter(adapter_name)
+        return model
+    # Wrapping freezes the base and sets its norm layers' modes: give them back on a refusal.
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    wrapper = PiggybackModel(model)
+    try:
+        wrapper.add_adapter(adapter_name, config)  # the first adapter becomes the active one
+    except BaseException:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        for module, mode in modes:
+            module.training = mode
+        raise
     return wrapper

@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - not POSIX: no locks, saves are still a
 __all__ = [
     "LOCK_NAME",
     "atomic_write_bytes",
+    "discard",
     "folder_lock",
     "fsync_path",
     "remove_leftovers",
@@ -34,6 +35,13 @@ LOCK_NAME = ".pb-adapters.lock"
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: os.umask can only be read by setting it
+
+
+def discard(path: Path) -> None:
+    """Delete ``path`` if it exists; a cleanup that never raises (the work it follows is done,
+    or already failed with an error that matters more)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -54,7 +62,7 @@ def _stage(folder: Path, name: str, data: bytes) -> Path:
         finally:
             os.close(fd)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        discard(Path(tmp_name))
         raise
     return Path(tmp_name)
 
@@ -67,7 +75,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
         fsync_path(path.parent)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
 
 
@@ -96,21 +104,23 @@ def _swap_in(folder: Path, files: Mapping[str, bytes | None], staged: dict[str, 
             if data is None:
                 target.unlink()
             else:
-                os.replace(staged.pop(name), target)
+                os.replace(staged[name], target)
+                del staged[name]  # in place: no longer a temporary file to clean up
             done.append(name)
         fsync_path(folder)
     except BaseException:
         for name in reversed(done):
             target = folder / name
-            if name in backups:
-                os.replace(backups.pop(name), target)
-            else:
-                target.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # put back all that can be; raise the first error
+                if name in backups:
+                    os.replace(backups.pop(name), target)
+                else:
+                    target.unlink(missing_ok=True)
         fsync_path(folder)
         raise
     finally:
         for backup in backups.values():
-            backup.unlink(missing_ok=True)
+            discard(backup)
 
 
 def replace_files(folder: Path, files: Mapping[str, bytes | None]) -> None:
@@ -131,7 +141,7 @@ def replace_files(folder: Path, files: Mapping[str, bytes | None]) -> None:
         _swap_in(folder, files, staged)
     finally:
         for tmp in staged.values():  # the ones not renamed into place
-            tmp.unlink(missing_ok=True)
+            discard(tmp)
 
 
 def remove_leftovers(folder: Path, names: Iterator[str] | list[str] | tuple[str, ...]) -> None:
@@ -143,7 +153,7 @@ def remove_leftovers(folder: Path, names: Iterator[str] | list[str] | tuple[str,
     for name in names:
         for pattern in (f".{name}.*.tmp", f".{name}.*.bak"):
             for leftover in folder.glob(pattern):
-                leftover.unlink(missing_ok=True)
+                discard(leftover)
 
 
 @contextlib.contextmanager
