@@ -494,11 +494,11 @@ def _check_remote_sizes(
     names: tuple[str, ...],
     sub: str | None,
     rev: str | None,
-    local_dir: str | os.PathLike[str] | None,
     cache_dir: str | os.PathLike[str] | None,
 ) -> str | None:
-    """Refuse, before anything but the config is downloaded, a task whose files are larger than
-    allowed; return the commit the files are then downloaded from."""
+    """Refuse, before anything but the config is downloaded (into the cache, never into the
+    caller's folder), a task whose files are larger than allowed; return the commit the files
+    are then downloaded from."""
     prefix = f"{sub}/" if sub else ""
     size, commit = _remote_size(api, repo_id, ARTIFACT_CONFIG_NAME, sub, rev)
     _refuse_size(
@@ -509,7 +509,6 @@ def _check_remote_sizes(
         ARTIFACT_CONFIG_NAME,
         subfolder=sub,
         revision=rev,
-        local_dir=None if local_dir is None else str(local_dir),
         cache_dir=None if cache_dir is None else str(cache_dir),
     )
     pinned = _commit_of(config_path, sub) or commit or rev
@@ -540,11 +539,14 @@ def download_adapter(
 
     Only the files of the task at ``subfolder`` are fetched, never other tasks in the same
     repository. With ``local_dir`` the files are written there (keeping the ``subfolder`` layout
-    below it); otherwise they stay in the Hub cache.
+    below it); otherwise they stay in the Hub cache. The files' sizes are checked from the Hub's
+    metadata first (see :func:`resolve_adapter_folder`; card files may have 16 MiB each): a task
+    with a larger file is refused before any of its files but the config is downloaded.
 
     Raises:
         HubError: invalid names, or the download failed; also when the task has no
             ``adapter_config.json`` (the message lists what is there).
+        ArtifactError: the config is invalid, or a file is larger than allowed.
     """
     sub = validate_subfolder(subfolder)
     rev = validate_revision(revision)
@@ -557,7 +559,7 @@ def download_adapter(
     try:
         pinned = rev
         if not (local_files_only or _offline()):
-            pinned = _check_remote_sizes(api, repo_id, names, sub, rev, local_dir, cache_dir)
+            pinned = _check_remote_sizes(api, repo_id, names, sub, rev, cache_dir)
         root = api.snapshot_download(
             repo_id,
             revision=pinned,

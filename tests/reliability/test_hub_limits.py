@@ -130,7 +130,8 @@ def test_oversized_files_are_refused_undownloaded(
         with pytest.raises(ArtifactError, match="not downloaded"):
             ENTRIES[entry](repo_id, tmp_path / "out")
         assert _fetched(hub, name) == [], entry
-        assert _large_files(cache, tmp_path / "out") == [], entry
+        assert _large_files(cache) == [], entry
+        assert not (tmp_path / "out").exists(), entry  # nothing written for the caller
         OUTCOMES[(f"oversized {name}", f"refused ({entry})")] += 1
     commands = [["info", repo_id, "--subfolder", "t"]]
     commands.append(["download", repo_id, "--subfolder", "t", "--local-dir", str(tmp_path / "o")])
@@ -144,7 +145,7 @@ def test_oversized_files_are_refused_undownloaded(
         assert "not downloaded" in err and len(err.strip().splitlines()) == 1
         assert _fetched(hub, name) == []
         OUTCOMES[(f"oversized {name}", f"refused (pb-adapters {argv[0]})")] += 1
-    assert _large_files(cache, tmp_path / "out", tmp_path / "o") == []
+    assert _large_files(cache) == [] and not (tmp_path / "o").exists()
 
 
 def test_an_artifact_for_another_base_is_refused_before_its_weights(

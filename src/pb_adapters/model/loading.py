@@ -2,7 +2,12 @@
 
 :meth:`LoadingMixin._plan_load` checks an artifact against the model and reads its tensors into
 fresh task modules without touching the model; :meth:`LoadingMixin._apply_plan` installs what the
-plan holds. A load refused for any reason therefore leaves the model exactly as it was.
+plan holds, and takes it all back if a step fails. A load refused or failing for any reason
+therefore leaves the model exactly as it was.
+
+Sizes the artifact declares are checked before anything is allocated for them: the task
+modules' shapes are worked out without making the modules, compared with the records and with
+the weights file, and the modules are made only then.
 """
 
 from __future__ import annotations
