@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from ..bases import load_base_model
 from ..config import AdapterConfig
 from ..errors import ArtifactError, ConfigError, TargetingError
-from ..heads import set_label_state
 from ..hub import resolve_adapter_folder
 from ..methods import get_method
 from ..methods.base import AdapterLayer, is_supported_layer
@@ -413,14 +412,10 @@ class LoadingMixin:
             self._frozen.discard(name)
         for key in set(self.base_modules.keys()) - base_keys:
             del self.base_modules[key]
-        self.active_adapter = None
+        self._activate_base()
         if previous is not None:
             self.set_adapter(previous)
         else:
-            self._install(None)
-            set_label_state(self.base_model, self._base_labels)
-            for _, layer in self.adapter_layers():
-                layer.set_adapter(None)
             self.train(self.training)
 
     def load_adapter(

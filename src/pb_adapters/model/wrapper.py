@@ -306,10 +306,15 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
             if remaining is not None:
                 self.set_adapter(remaining)
             else:
-                self._install(None)
-                set_label_state(self.base_model, self._base_labels)
-                for _, layer in self.adapter_layers():
-                    layer.set_adapter(None)
+                self._activate_base()
+
+    def _activate_base(self) -> None:
+        """No adapter active: the base's own modules, labels and weights in every layer."""
+        self.active_adapter = None
+        self._install(None)
+        set_label_state(self.base_model, self._base_labels)
+        for _, layer in self.adapter_layers():
+            layer.set_adapter(None)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[PiggybackModel]:
@@ -467,25 +472,16 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
             model = load_named_base(model, folder, base_revision, token, cache_dir)
         elif not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch module or a name, not {type(model).__name__}")
-        # Creating the wrapper freezes the base and sets its norm layers' modes: remember both,
-        # to give the caller's base back exactly as it was if anything below fails (the load
-        # itself takes back any layer it wrapped).
-        flags = [(p, p.requires_grad) for p in model.parameters()]
-        modes = [(m, m.training) for m in model.modules()]
-        wrapper = cls(model)
-        try:
+        # The load itself takes back any layer it wrapped; the wrapper's own changes to the
+        # base (frozen weights, norm layers' modes) are given back here.
+        with _given_back_on_failure(model):
+            wrapper = cls(model)
             if folder is None:
                 # a download is checked against this base before the weights are fetched
                 limit = wrapper._weights_limit(adapter_name, str(model_id))
                 folder = resolve_adapter_folder(model_id, weights_limit=limit, **hub_kwargs)
             plan = wrapper._plan_load(folder, adapter_name, verify_base)
             wrapper._apply_plan(plan, is_trainable)
-        except BaseException:
-            for param, flag in flags:
-                param.requires_grad_(flag)
-            for module, mode in modes:
-                module.training = mode
-            raise
         return wrapper
 
 
@@ -502,16 +498,23 @@ def get_piggyback_model(
         model.add_adapter(adapter_name, config)
         model.set_adapter(adapter_name)
         return model
-    # Wrapping freezes the base and sets its norm layers' modes: give them back on a refusal.
+    with _given_back_on_failure(model):
+        wrapper = PiggybackModel(model)
+        wrapper.add_adapter(adapter_name, config)  # the first adapter becomes the active one
+    return wrapper
+
+
+@contextlib.contextmanager
+def _given_back_on_failure(model: nn.Module) -> Iterator[None]:
+    """If the block fails, give ``model`` back the ``requires_grad`` flags and train/eval modes
+    it had (wrapping a base freezes it and sets its norm layers' modes)."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
-    wrapper = PiggybackModel(model)
     try:
-        wrapper.add_adapter(adapter_name, config)  # the first adapter becomes the active one
+        yield
     except BaseException:
         for param, flag in flags:
             param.requires_grad_(flag)
         for module, mode in modes:
             module.training = mode
         raise
-    return wrapper
