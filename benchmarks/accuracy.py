@@ -113,6 +113,8 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def run(quick: bool = False, seeds: int = 3) -> dict[str, Any]:
     """Train every method on both tasks with ``seeds`` seeds; write the result file."""
+    from pb_adapters.mask_coding import binary_entropy
+
     budget = BUDGETS[quick]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="pb-bench-acc-") as tmp:
@@ -146,7 +148,7 @@ def run(quick: bool = False, seeds: int = 3) -> dict[str, Any]:
                 zeros = [r["mask_zeros_fraction"] for r in runs if "mask_zeros_fraction" in r]
                 if zeros:
                     row["mask_zeros_fraction"] = _spread(zeros)
-                    row["mask_entropy_bits"] = _spread([_binary_entropy(z) for z in zeros])
+                    row["mask_entropy_bits"] = _spread([binary_entropy(z) for z in zeros])
                 rows.append(row)
     payload = {
         "model": "tf_efficientnet_lite0 (offline ImageNet weights)",
@@ -156,13 +158,6 @@ def run(quick: bool = False, seeds: int = 3) -> dict[str, Any]:
     }
     write_result(RESULT_NAME, payload)
     return payload
-
-
-def _binary_entropy(p: float) -> float:
-    """H(p) in bits: the order-0 information content of a mask with a fraction p of zeros."""
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
 
 
 def main(argv: list[str] | None = None) -> int:

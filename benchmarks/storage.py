@@ -47,6 +47,7 @@ from pb_adapters.mask_coding import (
     binary_entropy,
     decode_bit_plane,
     encode_bit_plane,
+    order0_entropy_bits,
 )
 from pb_adapters.serialization import read_adapter_config
 from pb_adapters.training.demo import load_demo_backbone
@@ -114,7 +115,7 @@ def measure_size(planes: list[tuple[str, torch.Tensor, int]]) -> dict[str, Any]:
     within_bound = True
     for path, packed, numel in planes:
         zeros = count_zero_bits(packed, numel)
-        entropy = numel * binary_entropy(zeros / numel) / 8
+        entropy = order0_entropy_bits(zeros, numel) / 8
         stream = encode_bit_plane(packed)
         stored = packed.numel() if stream is None else len(stream)
         coded_layers += stream is not None

@@ -13,7 +13,7 @@ Any timm or transformers model and any image folder or ``datasets`` dataset work
     python examples/train.py --method finetune   # the full fine-tuning baseline
     python examples/train.py --help
 
-The options live in ``pb_adapters.training.cli_args`` so other entry points can reuse them.
+The options live in ``pb_adapters.training.cli`` so other entry points can reuse them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ if len(sys.argv) == 1:
     # make sure no library tries to reach it.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pb_adapters.training.cli_args import main
+from pb_adapters.training.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 
@@ -29,3 +30,14 @@ pytest_plugins = ["tests.hub_server"]
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def transformers_logs(caplog):
+    """transformers' warnings as log records (its logger does not propagate them by default)."""
+    import transformers
+
+    transformers.utils.logging.enable_propagation()
+    caplog.set_level(logging.WARNING)
+    yield caplog
+    transformers.utils.logging.disable_propagation()

@@ -24,12 +24,29 @@ def tiny_timm(
     if name.startswith("test_vit"):
         kwargs.setdefault("img_size", 32)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    # Random running statistics make frozen-BatchNorm tests meaningful.
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomize_norm_statistics(model).eval()
+
+
+def randomize_norm_statistics(model: nn.Module) -> nn.Module:
+    """Random BatchNorm running statistics: they make frozen-BatchNorm tests meaningful."""
+    with torch.no_grad():
+        for module in model.modules():
+            if (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and module.running_mean is not None
+            ):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def tiny_from_config(model_class: str, config_class: str, seed: int = 0, **config) -> nn.Module:
+    """Any transformers model, by class names, from a tiny config, in eval mode."""
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
+    return randomize_norm_statistics(model).eval()
 
 
 def tiny_transformers(kind: str = "vit", num_labels: int = 5, seed: int = 0) -> nn.Module:
@@ -93,3 +110,27 @@ def train_steps(model, x: torch.Tensor, y: torch.Tensor, steps: int = 3, lr: flo
         loss.backward()
         optimizer.step()
     model.eval()
+
+
+def image_folder(
+    root, classes, per_class: int = 4, *, splits=("train", "test"), size: int = 32, seed: int = 0
+):
+    """An image folder ``root/<split>/<class>/<i>.png`` of small noisy images, one base colour per
+    class (so a model's outputs differ between classes); returns ``root``."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split in splits:
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.array([(60 * c) % 256, (120 + 50 * c) % 256, (200 - 40 * c) % 256])
+            for i in range(per_class):
+                noise = rng.integers(-60, 61, size=(size, size, 3))
+                pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root

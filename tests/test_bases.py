@@ -194,7 +194,7 @@ def test_from_pretrained_with_an_unknown_base_name(tmp_path: Path) -> None:
 
 def test_demo_backbone_id_creates_the_shipped_backbone(tmp_path: Path) -> None:
     from pb_adapters import PiggybackConfig, PiggybackModel, get_piggyback_model
-    from pb_adapters.training.demo import DEMO_BASE_MODEL_ID, load_demo_backbone
+    from pb_adapters.demo_base import DEMO_BASE_MODEL_ID, load_demo_backbone
 
     model = get_piggyback_model(
         load_demo_backbone(),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +101,10 @@ def test_card_body(saved: tuple[Path, dict[str, Any], Any], tmp_path: Path) -> N
     text = write_model_card(folder, repo_id="someone/digits", subfolder="mnist").read_text()
     summary = summarize_adapter(config, folder / ARTIFACT_WEIGHTS_NAME)
     assert 'PiggybackModel.from_pretrained(base, "someone/digits", subfolder="mnist")' in text
-    assert f"timm.create_model({json.dumps(summary.base_name)}, pretrained=True)" in text
+    # A randomly initialised base: built by architecture, never claimed as pretrained.
+    assert summary.base_weights == "random" and summary.base_name == "test_resnet"
+    assert f"timm.create_model({json.dumps(summary.base_name)}, pretrained=False)" in text
+    assert "pretrained=True" not in text and "randomly initialised" in text
     assert config["base_model"]["fingerprint"] in text
     assert f"{summary.mask_bytes:,} bytes" in text
     assert f"{summary.bits_per_masked_weight:.3f}" in text
@@ -176,23 +181,84 @@ def test_metrics_without_a_dataset_stay_out_of_the_model_index(
 
 
 def test_transformers_usage_snippet(tmp_path: Path) -> None:
-    config = PiggybackConfig(
-        num_labels=2, base_model_name_or_path="org/vit-base", base_model_revision="abc123"
+    get_piggyback_model(tiny_transformers("vit"), PiggybackConfig(num_labels=2)).save_pretrained(
+        tmp_path, write_card=False
     )
-    get_piggyback_model(tiny_transformers("vit"), config).save_pretrained(tmp_path)
-    text = write_model_card(tmp_path, repo_id="org/vit-task").read_text()
-    assert 'from_pretrained("org/vit-base", revision="abc123")' in text
-    assert "model(pixel_values=images).logits" in text
-    data = ModelCard.load(tmp_path / "README.md").data
-    assert "transformers" in data.tags and data.base_model == "org/vit-base"
+    config = read_adapter_config(tmp_path)
+    # As if trained on the Hub checkpoint's own weights (tests/test_hub_models.py makes such
+    # artifacts from a local Hub server).
+    config["base_model"].update(
+        name_or_path="org/vit-base", revision="abc123", weights="pretrained"
+    )
+    card = build_model_card(config, "org/vit-task")
+    assert 'from_pretrained("org/vit-base", revision="abc123")' in card.text
+    assert "model(pixel_values=images).logits" in card.text
+    assert "transformers" in card.data.tags and card.data.base_model == "org/vit-base"
+
+
+@pytest.mark.parametrize("weights", ["random", "modified", "unknown", None])
+def test_only_pretrained_weights_get_a_hub_base_model(tmp_path: Path, weights: str | None) -> None:
+    get_piggyback_model(tiny_transformers("vit"), PiggybackConfig(num_labels=2)).save_pretrained(
+        tmp_path, write_card=False
+    )
+    config = read_adapter_config(tmp_path)
+    config["base_model"].update(name_or_path="org/vit-base", checkpoint="org/vit-base")
+    config["base_model"].pop("weights")
+    if weights is not None:  # None: an artifact written before the weights were recorded
+        config["base_model"]["weights"] = weights
+    card = build_model_card(config, "org/vit-task")
+    assert card.data.base_model is None and "base_model_relation" not in card.data.to_dict()
+    assert "AutoModelForImageClassification" not in card.text and "base = ..." in card.text
+    assert "huggingface.co/org/vit-base" not in card.text
+    assert hub_config(config)["base_model_weights"] == weights
 
 
 def test_demo_backbone_usage_snippet_builds_the_shipped_backbone(tmp_path: Path) -> None:
-    from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
+    from pb_adapters.demo_base import DEMO_BASE_MODEL_ID, load_demo_backbone
     from tests.factories import tiny_timm
 
-    config = PiggybackConfig(num_labels=2, base_model_name_or_path=DEMO_BASE_MODEL_ID)
-    model = get_piggyback_model(tiny_timm("test_resnet"), config)
-    model.save_pretrained(tmp_path)
-    card = (tmp_path / "README.md").read_text()
+    get_piggyback_model(load_demo_backbone(), PiggybackConfig(num_labels=2)).save_pretrained(
+        tmp_path / "demo"
+    )
+    card = (tmp_path / "demo" / "README.md").read_text()
     assert "base = load_demo_backbone()" in card and "timm.create_model" not in card
+    # Naming the demo base in the config does not make other weights the demo's.
+    config = PiggybackConfig(num_labels=2, base_model_name_or_path=DEMO_BASE_MODEL_ID)
+    get_piggyback_model(tiny_timm("test_resnet"), config).save_pretrained(tmp_path / "tiny")
+    card = (tmp_path / "tiny" / "README.md").read_text()
+    assert "load_demo_backbone" not in card and DEMO_BASE_MODEL_ID not in card
+    assert 'timm.create_model("test_resnet", pretrained=False)' in card
+
+
+_CARD_IMPORTS = """
+import sys
+from pb_adapters.card import build_model_card, write_model_card
+from pb_adapters.serialization import read_adapter_config
+
+heavy = ("pb_adapters.training", "timm", "torchvision", "transformers", "PIL")
+def loaded():
+    return sorted({m.split(".")[0] if not m.startswith("pb_adapters") else m for m in sys.modules
+                   if m.startswith(heavy)})
+print("import", loaded())
+build_model_card(read_adapter_config(sys.argv[1]))
+print("card", loaded())
+write_model_card(sys.argv[1])
+print("write", [m for m in loaded() if m != "PIL"], "matplotlib" in sys.modules)
+"""
+
+
+def test_writing_a_card_imports_no_training_code_and_no_model_library(tmp_path: Path) -> None:
+    from pb_adapters.demo_base import load_demo_backbone
+
+    get_piggyback_model(load_demo_backbone(), PiggybackConfig(num_labels=2)).save_pretrained(
+        tmp_path, write_card=False
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", _CARD_IMPORTS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # The plot goes through matplotlib, which writes PNG files with Pillow: only then is PIL loaded.
+    assert run.stdout.splitlines() == ["import []", "card []", "write [] True"]
+    assert "base = load_demo_backbone()" in (tmp_path / "README.md").read_text()

@@ -153,6 +153,7 @@ def test_transformers_base_by_id_is_created_from_the_hub(hub: LocalHub, tmp_path
     record = recorded_base(mask_repo)
     assert record["name_or_path"] == base_repo and record["library"] == "transformers"
     assert record["revision"] == commit  # the commit it was created from, not just "main"
+    assert record["weights"] == "pretrained"
 
     # A fresh cache: the base and the adapter both come from the server again.
     hub.clear_requests()
@@ -198,6 +199,7 @@ def test_transformers_base_revision_is_recorded_used_and_checked(
     expected = outputs(model, x)
     model.push_to_hub(mask_b, token=hub.token)
     assert recorded_base(mask_b)["revision"] == "v2"
+    assert recorded_base(mask_b)["weights"] == "pretrained"  # v2's files in the cache match
     assert torch.equal(outputs(PiggybackModel.from_pretrained(base_repo, mask_b), x), expected)
     with pytest.raises(BaseModelMismatchError, match=rf"{base_repo} at revision v2"):
         PiggybackModel.from_pretrained(base_repo, mask_b, base_revision="main")
@@ -229,6 +231,8 @@ def test_timm_hf_hub_base_is_created_from_the_hub(hub: LocalHub, tmp_path: Path)
     model.push_to_hub(mask_repo, token=hub.token)
     record = recorded_base(mask_repo)
     assert record["name_or_path"] == f"hf-hub:{base_repo}" and record["library"] == "timm"
+    # Created by timm, not pb-adapters: shown to be the checkpoint's by its files in the cache.
+    assert record["weights"] == "pretrained"
 
     reloaded = PiggybackModel.from_pretrained(f"hf-hub:{base_repo}", mask_repo)
     assert reloaded.family == "timm"

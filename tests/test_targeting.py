@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from pb_adapters import PiggybackConfig, TargetingError, get_piggyback_model
-from pb_adapters.targeting import find_head_paths, is_norm_layer, resolve_target_modules
+from pb_adapters.targeting import (
+    find_head_paths,
+    is_norm_layer,
+    is_transformers_model,
+    iter_base_tensors,
+    model_family,
+    resolve_target_modules,
+)
 from tests.factories import tiny_timm, tiny_transformers
 
 
@@ -63,3 +70,21 @@ def test_wrapping_twice_reuses_layers():
     assert all(
         set(layer.adapter_names) == {"default", "second"} for _, layer in wrapped.adapter_layers()
     )
+
+
+def test_model_family_and_is_transformers_model():
+    vit, resnet = tiny_transformers("vit"), tiny_timm("test_resnet")
+    assert is_transformers_model(vit) and model_family(vit) == "transformers"
+    assert not is_transformers_model(resnet) and model_family(resnet) == "timm"
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    assert not is_transformers_model(plain) and model_family(plain) == "torch"
+
+
+def test_base_tensors_of_a_wrapped_model_are_the_plain_models():
+    base = tiny_timm("test_resnet")
+    plain = [(name, tensor.clone()) for name, tensor in iter_base_tensors(base, skip=["fc"])]
+    wrapped = get_piggyback_model(base, PiggybackConfig(num_labels=3))
+    items = list(iter_base_tensors(wrapped.base_model, skip=["fc"]))
+    assert [name for name, _ in items] == [name for name, _ in plain]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(items, plain, strict=True))
+    assert not any(name.startswith("fc.") or "num_batches_tracked" in name for name, _ in items)

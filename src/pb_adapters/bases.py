@@ -6,7 +6,9 @@ Used when :meth:`pb_adapters.PiggybackModel.from_pretrained` is given the base a
 * a timm registry name, ``"resnet50.a1_in1k"`` (timm fetches its weights from the Hub repo its
   pretrained config names; ``revision=`` pins that repo's revision);
 * a timm folder, ``"local-dir:/path"`` or a folder written by ``timm.models.save_for_hf``;
-* a transformers model id or folder, ``"google/vit-base-patch16-224"``.
+* a transformers model id or folder, ``"google/vit-base-patch16-224"``;
+* a name registered with :func:`pb_adapters.base_registry.register_base`, such as the offline demo
+  backbone ``"pb-adapters-demo:tf_efficientnet_lite0"`` (asked before the libraries are).
 
 Downloads go through each library's own Hub code, which uses ``huggingface_hub``: the endpoint
 (``HF_ENDPOINT``), the cache, ``HF_HUB_OFFLINE`` and the saved token behave as usual. timm takes
@@ -14,7 +16,9 @@ no ``token`` argument; for a private timm base, set ``HF_TOKEN`` or run ``hf aut
 
 A transformers base created here from the Hub remembers the commit it was loaded from (as
 transformers 4 did in ``config._commit_hash``), so an adapter trained on it records the exact
-base revision.
+base revision. Every base created here is marked as holding its checkpoint's weights
+(:func:`pb_adapters.provenance.mark_pretrained`), so adapters name that checkpoint as their base
+for as long as the weights stay unchanged.
 """
 
 from __future__ import annotations
@@ -27,11 +31,15 @@ from typing import Any
 
 from torch import nn
 
+from .base_registry import get_base, is_registered_base
 from .errors import HubError, PbAdaptersError
+from .hub import hub_failure, is_local_reference
+from .provenance import mark_pretrained, own_claim, pretrained_source, recorded_name
+from .targeting import model_family
+from .utils.names import TIMM_HUB_PREFIXES, split_revision
 
 __all__ = ["guess_library", "load_base_model"]
 
-_TIMM_HUB_PREFIXES = ("hf-hub:", "hf_hub:")  # timm accepts the second as a legacy alias
 _TIMM_LOCAL_PREFIX = "local-dir:"
 _LIBRARIES = ("timm", "transformers")
 
@@ -62,7 +70,7 @@ def guess_library(name_or_path: str) -> str:
     timm: ``hf-hub:`` / ``local-dir:`` names, folders in timm's format, and names in timm's
     registry (``timm.is_model``). Everything else is treated as a transformers id or folder.
     """
-    if name_or_path.startswith((*_TIMM_HUB_PREFIXES, _TIMM_LOCAL_PREFIX)):
+    if name_or_path.startswith((*TIMM_HUB_PREFIXES, _TIMM_LOCAL_PREFIX)):
         return "timm"
     folder = _folder_library(Path(name_or_path).expanduser())
     if folder is not None:
@@ -74,11 +82,6 @@ def guess_library(name_or_path: str) -> str:
     return "timm" if timm.is_model(name_or_path) else "transformers"
 
 
-def _split_revision(hub_id: str) -> tuple[str, str | None]:
-    repo_id, at, revision = hub_id.partition("@")
-    return repo_id, (revision if at else None)
-
-
 def _timm_source(
     name: str, revision: str | None
 ) -> tuple[str, dict[str, Any] | None, str | None, str | None]:
@@ -86,9 +89,9 @@ def _timm_source(
 
     The last two only describe the source for error messages.
     """
-    for prefix in _TIMM_HUB_PREFIXES:
+    for prefix in TIMM_HUB_PREFIXES:
         if name.startswith(prefix):
-            repo_id, pinned = _split_revision(name[len(prefix) :])
+            repo_id, pinned = split_revision(name[len(prefix) :])
             if pinned is not None and revision is not None and pinned != revision:
                 raise PbAdaptersError(
                     f"the base {name!r} names revision {pinned!r} but revision {revision!r} was "
@@ -110,7 +113,7 @@ def _timm_source(
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(name) if timm.is_model(name) else None
-    repo_id, _ = _split_revision(getattr(cfg, "hf_hub_id", None) or "")
+    repo_id, _ = split_revision(getattr(cfg, "hf_hub_id", None) or "")
     if revision is None:
         return name, None, repo_id or None, None
     if not repo_id:
@@ -124,8 +127,6 @@ def _timm_source(
 
 def _check_local_reference(name: str) -> None:
     """Refuse a path-like name (``./x``, ``/x``, ``~/x``, ``a/b/c``) that is not a folder."""
-    from .hub import is_local_reference
-
     path = Path(name).expanduser()
     if is_local_reference(name) and not path.is_dir():
         state = "is a file, not a model folder" if path.exists() else "does not exist"
@@ -186,42 +187,6 @@ def _create_transformers(
     return model
 
 
-def _hub_failure(
-    err: BaseException, repo_id: str, revision: str | None, token: str | bool | None
-) -> HubError | None:
-    """A short HubError if ``err`` (or an exception it chains) is a Hub access problem."""
-    from huggingface_hub.errors import (
-        DisabledRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    from .hub import _network_reason, _translate
-
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        status = getattr(getattr(current, "response", None), "status_code", None)
-        specific = isinstance(
-            current,
-            (
-                DisabledRepoError,
-                RepositoryNotFoundError,
-                RevisionNotFoundError,
-                OfflineModeIsEnabled,
-                LocalEntryNotFoundError,
-            ),
-        ) or (isinstance(current, HfHubHTTPError) and status in (401, 403))
-        if specific or _network_reason(current) is not None:
-            return _translate(current, repo_id=repo_id, revision=revision, token=token)
-        current = current.__cause__ or current.__context__
-    return None
-
-
 def _close_timm_names(name: str) -> list[str]:
     import timm
 
@@ -247,7 +212,8 @@ def load_base_model(
     Args:
         name_or_path: A timm name (``hf-hub:`` id, ``local-dir:`` folder or registry name), a
             folder written by timm or transformers, a transformers Hub id, or
-            ``"pb-adapters-demo:tf_efficientnet_lite0"`` for the offline demo backbone.
+            a name registered with :func:`pb_adapters.base_registry.register_base` (such as
+            ``"pb-adapters-demo:tf_efficientnet_lite0"``, the offline demo backbone).
         revision: The Hub branch, tag or commit to create it at. timm: appended to an ``hf-hub:``
             id as ``@revision`` (an id that already names another revision is refused), or, for
             a registry name, applied to the Hub repository its weights come from. Ignored for
@@ -272,10 +238,10 @@ def load_base_model(
             f"the base model must be named by a non-empty string, got {name_or_path!r}"
         )
     name = name_or_path.strip()
-    from .training.demo import DEMO_BASE_MODEL_ID, load_demo_backbone
-
-    if name == DEMO_BASE_MODEL_ID:  # the built-in offline demo backbone, shipped on PyPI
-        return load_demo_backbone().eval()
+    if is_registered_base(name):  # e.g. the offline demo backbone, shipped on PyPI
+        model = get_base(name).loader().eval()
+        source = pretrained_source(model)
+        return model if source and source.name_or_path == name else mark_pretrained(model, name)
     if library in (None, "auto"):
         which = guess_library(name)
     elif library in _LIBRARIES:
@@ -290,6 +256,7 @@ def load_base_model(
     cache = None if cache_dir is None else str(cache_dir)
 
     repo_id: str | None = name
+    asked = revision
     try:
         if which == "timm":
             create_name, overlay, repo_id, revision = _timm_source(name, revision)
@@ -301,7 +268,31 @@ def load_base_model(
         raise
     except Exception as err:
         raise _creation_error(name, which, library, err, repo_id, revision, token) from err
-    return model.eval()
+    return _mark_created(model.eval(), name, asked)
+
+
+def _mark_created(model: nn.Module, name: str, asked: str | None) -> nn.Module:
+    """Mark a base just created with pretrained weights as that checkpoint's (see
+    :mod:`pb_adapters.provenance`), under the most exact name known for it.
+
+    timm: its ``hf-hub:`` id and revision when the weights came from the Hub, the folder
+    otherwise. transformers: the id and the commit it was created from, or the folder.
+    """
+    local = Path(name.removeprefix(_TIMM_LOCAL_PREFIX)).expanduser().exists()
+    if model_family(model) == "transformers":
+        recorded = recorded_name(name)
+        revision = None if local else getattr(model.config, "_commit_hash", None) or asked
+    else:
+        recorded, revision = own_claim(model)  # an hf-hub: id, or a local-dir: folder
+        if recorded is None:  # weights from a URL or file timm's registry names
+            recorded, revision = name, None
+    return mark_pretrained(
+        model,
+        recorded,
+        revision=revision,
+        aliases=(name,),
+        revision_aliases=() if local else (asked,),
+    )
 
 
 def _creation_error(
@@ -314,7 +305,7 @@ def _creation_error(
     token: str | bool | None,
 ) -> PbAdaptersError:
     """The one-line error for a base model that could not be created."""
-    hub = _hub_failure(err, repo_id, revision, token) if repo_id else None
+    hub = hub_failure(err, repo_id=repo_id, revision=revision, token=token) if repo_id else None
     reason = str(hub) if hub is not None else _first_line(err)
     if which == "transformers" and library in (None, "auto"):
         close = [] if "/" in name or ":" in name else _close_timm_names(name)

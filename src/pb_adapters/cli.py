@@ -6,7 +6,9 @@ Subcommands:
 * ``push DIR REPO_ID``: upload an artifact folder to the Hub (a card is generated if missing).
 * ``download REPO_ID``: fetch one task's files from the Hub.
 * ``train [OPTIONS]``: learn a mask (or a baseline) for a task; the options of
-  ``examples/train.py`` (:mod:`pb_adapters.training.cli_args`).
+  ``examples/train.py`` (:mod:`pb_adapters.training.cli`).
+* ``evaluate TASK --dataset DATA``: score a task (folder or Hub repo) on a dataset
+  (:mod:`pb_adapters.training.evaluation`).
 
 Each subcommand is one ``add_<name>(subparsers)`` function that declares its arguments and sets
 ``func``; :data:`SUBCOMMANDS` lists them and is the only place to register a new one. Errors of
@@ -186,20 +188,21 @@ def add_download(subparsers: SubParsers) -> None:
 # ---------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     """Train as ``examples/train.py`` does; 1 if the reloaded artifact scores differently."""
-    from .training.cli_args import parse_train_args, run_training
+    from .training.cli import parse_train_args, run_training
 
     if args.config is not None:
         # the command line must override the file only for options actually typed: re-parse the
         # sub-command's own tokens with the file's values pre-loaded
         argv = list(args.argv)
-        args = parse_train_args(args.train_parser, argv[argv.index("train") + 1 :])
+        args = parse_train_args(args.train_parser, argv[argv.index("train") + 1 :], check=False)
+    # run_training refuses options the method does not read: a one-line error, status 2
     summary = run_training(args)
     return EXIT_OK if summary.get("reload_matches", True) else 1
 
 
 def add_train(subparsers: SubParsers) -> None:
     """Register ``train``."""
-    from .training.cli_args import add_train_arguments
+    from .training.cli import add_train_arguments
 
     parser = subparsers.add_parser(
         "train",
@@ -215,8 +218,128 @@ def add_train(subparsers: SubParsers) -> None:
     parser.set_defaults(func=cmd_train, train_parser=parser)
 
 
+# ---------------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a task on a dataset; print the scores, optionally save them and update the card."""
+    from .hub import resolve_adapter_folder
+    from .training.evaluation import evaluate_adapter, write_evaluation
+
+    hub = {"revision": args.revision, "subfolder": args.subfolder, "token": args.token}
+    data = {
+        key: getattr(args, key)
+        for key in ("image_column", "label_column", "val_fraction", "test_fraction", "seed")
+    }
+    result = evaluate_adapter(
+        args.task,
+        args.dataset,
+        split=args.split,
+        base_model=args.base,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        crop_pct=args.crop_pct,
+        max_samples=args.max_samples,
+        num_workers=args.num_workers,
+        device=args.device,
+        data_options=data,
+        hub_options=hub,
+    )
+    print(f"{result.dataset} ({result.split}): {result.num_samples:,} images")
+    for key, value in result.metrics().items():
+        print(f"  {key:<16} {value:.4f}")
+    width = max(len("class"), *(len(label) for label in result.labels))
+    print(f"  {'class':<{width}}  {'f1':>6}  {'support':>7}")
+    for label, f1, support in zip(result.labels, result.f1, result.support, strict=True):
+        print(f"  {label:<{width}}  {'-' if f1 is None else f'{f1:.4f}':>6}  {support:>7,}")
+    if args.output_dir is not None:
+        print(f"results and confusion matrix: {result.save(args.output_dir)}")
+    if args.write_card:
+        folder = resolve_adapter_folder(args.task, subfolder=args.subfolder)
+        print(f"card updated: {write_evaluation(folder, result)}")
+    return EXIT_OK
+
+
+def add_evaluate(subparsers: SubParsers) -> None:
+    """Register ``evaluate``."""
+    from .training.evaluation import SPLITS
+
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a task on a dataset (accuracy, top-k, per-class F1, confusion matrix)",
+        description=(
+            "Score a task (a local artifact folder or a Hub repo id) on one split of a dataset "
+            "with the evaluate metric modules shipped in pb-adapters (offline): accuracy, top-k "
+            "accuracy, per-class F1 and a confusion matrix."
+        ),
+    )
+    parser.add_argument("task", metavar="TASK", help="artifact folder or Hub repo id")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="image folder, datasets name or saved folder, or 'demo' (as for train)",
+    )
+    parser.add_argument(
+        "--split", choices=SPLITS, default="test", help="split to score (default: test)"
+    )
+    parser.add_argument(
+        "--base", help="base model to load the task onto (default: the one the task records)"
+    )
+    _add_hub_args(parser, token_help="Hub token (default: HF_TOKEN or the saved login)")
+    parser.add_argument(
+        "--image-column", help="image column of a datasets source (default: guessed)"
+    )
+    parser.add_argument(
+        "--label-column", help="label column of a datasets source (default: guessed)"
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of train carved out as validation when the data has none (default: 0.1, as train)",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of train carved out as test when the data has none (default: 0.2, as train)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of those carved splits (default: 0, as train)"
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="k of top-k accuracy (default: 5)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    parser.add_argument(
+        "--image-size", type=int, help="input size (default: the model's data config)"
+    )
+    parser.add_argument(
+        "--crop-pct", type=float, help="center-crop fraction (default: the model's data config)"
+    )
+    parser.add_argument(
+        "--max-samples", type=int, help="score only the first N images of the split"
+    )
+    parser.add_argument(
+        "--num-workers", type=int, help="data loader workers (default: as for train)"
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
+    parser.add_argument(
+        "--output-dir", help="write evaluation.json and confusion_matrix.png into this folder"
+    )
+    parser.add_argument(
+        "--write-card",
+        action="store_true",
+        help="record the results in the task folder's metrics, model card and model-index",
+    )
+    parser.set_defaults(func=cmd_evaluate)
+
+
 # ---------------------------------------------------------------------------- entry point
-SUBCOMMANDS: list[Callable[[SubParsers], None]] = [add_info, add_push, add_download, add_train]
+SUBCOMMANDS: list[Callable[[SubParsers], None]] = [
+    add_info,
+    add_push,
+    add_download,
+    add_train,
+    add_evaluate,
+]
 """Registration functions, one per subcommand, in the order ``--help`` lists them."""
 
 

@@ -53,8 +53,11 @@ class AdapterConfig:
         modules_to_save: Extra modules (names matched like ``target_modules``) of which the task
             keeps and trains its own full copy.
         base_model_name_or_path: Where the base model comes from (a timm name, ``hf-hub:`` id or
-            a transformers id). Filled in from the model when left unset.
-        base_model_revision: The base model's revision on the Hub, when known.
+            a transformers id). Filled in from the model when left unset. Artifacts record it
+            only when the base's weights are shown to be that checkpoint's, and the base's
+            architecture otherwise (see :mod:`pb_adapters.provenance`).
+        base_model_revision: The base model's revision on the Hub, when known (recorded under
+            the same condition).
     """
 
     method: ClassVar[str] = ""

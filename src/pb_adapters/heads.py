@@ -18,9 +18,15 @@ import torch
 from torch import nn
 
 from .errors import TargetingError
-from .targeting import model_family
+from .targeting import is_transformers_model
 
 __all__ = ["LabelState", "copy_head", "create_task_head", "get_label_state", "set_label_state"]
+
+# What to do instead when a head of that kind cannot be rebuilt for a new number of classes.
+_KEEP_HEAD_HINT = (
+    "leave num_labels unset so the task trains its own copy of the base head, or give the base "
+    "a Linear head of the task's size first"
+)
 
 
 def _head_input_width(model: nn.Module, head: nn.Module) -> int:
@@ -62,7 +68,8 @@ def create_task_head(
     if isinstance(old, nn.Conv2d):
         if old.kernel_size != (1, 1):
             raise TargetingError(
-                f"classifier {path!r} is a {old.kernel_size} convolution; only 1x1 is supported"
+                f"classifier {path!r} is a {old.kernel_size} convolution; a new head can replace a "
+                f"1x1 one only: {_KEEP_HEAD_HINT}"
             )
         head: nn.Module = nn.Conv2d(width, num_labels, 1, bias=old.bias is not None, **factory)
     elif isinstance(old, nn.Linear | nn.Identity):
@@ -70,10 +77,10 @@ def create_task_head(
         head = nn.Linear(width, num_labels, bias=bias, **factory)
     else:
         raise TargetingError(
-            f"classifier {path!r} is a {type(old).__name__}; a task head can replace a Linear, a 1x1 "
-            "Conv2d or an Identity"
+            f"classifier {path!r} is a {type(old).__name__}; a new head can replace a Linear, a 1x1 "
+            f"Conv2d or an Identity: {_KEEP_HEAD_HINT}"
         )
-    if model_family(model) == "transformers":
+    if is_transformers_model(model):
         std = float(getattr(model.config, "initializer_range", 0.02))
         with torch.no_grad():
             nn.init.normal_(head.weight, mean=0.0, std=std)
@@ -101,7 +108,7 @@ class LabelState:
 
 def get_label_state(model: nn.Module) -> LabelState:
     """Read ``model``'s label metadata (what :func:`set_label_state` restores)."""
-    if model_family(model) == "transformers":
+    if is_transformers_model(model):
         config = model.config
         return LabelState(
             getattr(model, "num_labels", config.num_labels),
@@ -115,7 +122,7 @@ def set_label_state(model: nn.Module, state: LabelState) -> None:
     """Make ``model``'s label metadata describe the head of ``state``."""
     if state.num_labels is None:
         return
-    if model_family(model) == "transformers":
+    if is_transformers_model(model):
         id2label = state.id2label or {i: f"LABEL_{i}" for i in range(state.num_labels)}
         label2id = state.label2id or {name: i for i, name in id2label.items()}
         model.config.id2label = dict(id2label)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath
 from typing import Any
 
+from .card import CARD_NAME, HUB_CONFIG_NAME, PLOT_NAME, render_card_files
 from .errors import ArtifactError, HubError, PbAdaptersError
 from .serialization import (
     ARTIFACT_CONFIG_NAME,
@@ -41,6 +42,7 @@ __all__ = [
     "ARTIFACT_FILES",
     "CARD_FILES",
     "download_adapter",
+    "hub_failure",
     "is_local_reference",
     "push_folder_to_hub",
     "resolve_adapter_folder",
@@ -52,7 +54,7 @@ __all__ = [
 ARTIFACT_FILES: tuple[str, ...] = (ARTIFACT_CONFIG_NAME, ARTIFACT_WEIGHTS_NAME)
 """The files a task needs to be loaded."""
 
-CARD_FILES: tuple[str, ...] = ("README.md", "mask_sparsity.png", "config.json")
+CARD_FILES: tuple[str, ...] = (CARD_NAME, PLOT_NAME, HUB_CONFIG_NAME)
 """The files that describe a task on the Hub (model card, its plot, the download-count config)."""
 
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
@@ -352,6 +354,45 @@ def _translate(
     return HubError(f"Hub operation on {repo_id} failed: {type(err).__name__}: {err}")
 
 
+def hub_failure(
+    err: BaseException, *, repo_id: str, revision: str | None = None, token: Any = None
+) -> HubError | None:
+    """A short :class:`HubError` if ``err`` (or an exception it chains) is a Hub access problem.
+
+    For code that calls another library's Hub download (timm, transformers) and must tell a
+    missing, private or gated repository, an unknown revision, offline mode or a network failure
+    from any other error; ``None`` for the other errors.
+    """
+    from huggingface_hub.errors import (
+        DisabledRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    access = (
+        DisabledRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+        OfflineModeIsEnabled,
+        LocalEntryNotFoundError,
+    )
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        status = getattr(getattr(current, "response", None), "status_code", None)
+        specific = isinstance(current, access) or (
+            isinstance(current, HfHubHTTPError) and status in (401, 403)
+        )
+        if specific or _network_reason(current) is not None:
+            return _translate(current, repo_id=repo_id, revision=revision, token=token)
+        current = current.__cause__ or current.__context__
+    return None
+
+
 # ---------------------------------------------------------------------------- downloading
 def _local_folder(reference: str | os.PathLike[str], subfolder: str | None) -> Path:
     folder = Path(reference).expanduser()
@@ -604,8 +645,6 @@ def _stage_upload(
     """Copy what to upload to ``stage``: the artifact pair, read and verified as one save's pair
     (under the folder's lock), the other files ``patterns`` select, and a generated card when
     ``write_card`` and the source has none. The source is never modified."""
-    from .card import render_card_files
-
     with folder_lock(source, shared=True):
         data, config, weights = read_artifact_files(source)
         (stage / ARTIFACT_WEIGHTS_NAME).write_bytes(weights)
@@ -617,7 +656,7 @@ def _stage_upload(
                 and any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)
             ):
                 shutil.copyfile(path, stage / path.name)
-    if write_card and not (source / "README.md").is_file():
+    if write_card and not (source / CARD_NAME).is_file():
         for name, content in render_card_files(data, weights, repo_id, subfolder=subfolder).items():
             target = stage / name
             if content is None:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .errors import ArtifactError, ConfigError, FormatVersionError
+from .utils.bits import BYTE_POPCOUNT, count_one_bits
 
 __all__ = [
     "ANS_ENCODING",
@@ -45,6 +46,7 @@ __all__ = [
     "decode_bit_planes",
     "encode_bit_plane",
     "encode_bit_planes",
+    "order0_entropy_bits",
     "plane_entropy_bits",
 ]
 
@@ -59,8 +61,7 @@ DEFAULT_MASK_ENCODING = ANS_ENCODING
 #: planes below 4 GiB), the ANS coder's final state (8 bytes) and rounding to 32-bit words.
 STREAM_HEADER_MAX_BYTES = 16
 
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
-_POPCOUNT_T = torch.from_numpy(_POPCOUNT)
+_POPCOUNT = BYTE_POPCOUNT.numpy()
 _MAX_VARINT_BYTES = 10  # 64-bit counts; larger planes cannot exist
 
 
@@ -71,19 +72,17 @@ def binary_entropy(p: float) -> float:
     return -(p * math.log2(p) + (1.0 - p) * math.log2(1.0 - p))
 
 
-def _count_ones(packed: np.ndarray) -> int:
-    if hasattr(np, "bitwise_count"):  # numpy >= 2: a popcount instruction, 7x faster
-        return int(np.bitwise_count(packed).sum(dtype=np.int64))
-    return int(_POPCOUNT[packed].sum())
+def order0_entropy_bits(zeros: int, total: int) -> float:
+    """Order-0 entropy of ``total`` binary entries, ``zeros`` of them 0: ``total * H(zeros/total)``.
+
+    What an ideal coder that knows only the count spends on them (0 for no entries).
+    """
+    return total * binary_entropy(zeros / total) if total > 0 else 0.0
 
 
 def plane_entropy_bits(packed: Tensor) -> float:
     """Order-0 entropy of a packed plane's ``8 * size`` bits: ``8 * size * H(ones / (8 * size))``."""
-    nbits = 8 * packed.numel()
-    if not nbits:
-        return 0.0
-    ones = int(_POPCOUNT_T[packed.reshape(-1).long().cpu()].sum())
-    return nbits * binary_entropy(ones / nbits)
+    return order0_entropy_bits(count_one_bits(packed), 8 * packed.numel())
 
 
 # ---------------------------------------------------------------------------- the model
@@ -141,8 +140,9 @@ def encode_bit_plane(packed: Tensor) -> bytes | None:
     size = packed.numel()
     if not size:
         return None
-    data = packed.detach().cpu().numpy()
-    ones = _count_ones(data)
+    plane = packed.detach().cpu()
+    data = plane.numpy()
+    ones = count_one_bits(plane)
     nbits = 8 * size
     stream = _varint(ones)
     if 0 < ones < nbits:
@@ -193,7 +193,7 @@ def decode_bit_plane(stream: bytes | Tensor, size: int) -> Tensor:
     if not exhausted:
         raise ArtifactError("coded mask stream: data is left over after the plane's last byte")
     data = symbols.astype(np.uint8)
-    if _count_ones(data) != ones:
+    if count_one_bits(torch.from_numpy(data)) != ones:
         raise ArtifactError("coded mask stream: decoded bits do not match the declared count")
     return torch.from_numpy(data)
 

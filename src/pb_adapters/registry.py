@@ -17,6 +17,7 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from .errors import ConfigError
 
@@ -60,7 +61,9 @@ class MethodSpec:
             summary`` that runs the method's own multi-phase training from the command line;
             ``None``: the standard single-run trainer.
         schedule_options: Options of the training command line that only the method's own
-            ``training_schedule`` reads (``--tasks``); refused for every other method.
+            ``training_schedule`` reads: the option (``"--tasks"``) -> the keywords of
+            ``argparse``'s ``add_argument`` for it (``help``, ``nargs``, ``action``...).
+            Refused for every other method.
     """
 
     name: str
@@ -73,7 +76,7 @@ class MethodSpec:
     lr_fields: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_LR_FIELDS))
     cli_options: Mapping[str, str] = field(default_factory=dict)
     training_schedule: str | None = None
-    schedule_options: tuple[str, ...] = ()
+    schedule_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def lr_field(self, group: str) -> str:
         """The config field holding ``group``'s learning rate (the head's for unknown groups)."""

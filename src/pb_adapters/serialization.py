@@ -16,7 +16,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors import deserialize as safetensors_deserialize
 from safetensors.torch import save as safetensors_save
-from torch import Tensor, nn
+from torch import Tensor
 
 from .config import MAX_NUM_LABELS, AdapterConfig
 from .errors import (
@@ -47,6 +47,7 @@ from .utils.names import validate_adapter_name
 __all__ = [
     "ARTIFACT_CONFIG_NAME",
     "ARTIFACT_WEIGHTS_NAME",
+    "BASE_WEIGHTS",
     "FORMAT_VERSION",
     "MAX_CONFIG_BYTES",
     "SUPPORTED_FORMAT_VERSIONS",
@@ -55,7 +56,6 @@ __all__ = [
     "config_bytes",
     "declared_weights_limit",
     "fingerprint_tensors",
-    "iter_base_tensors",
     "prepare_folder",
     "read_adapter_config",
     "read_adapter_tensors",
@@ -72,6 +72,9 @@ ARTIFACT_WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 2
 #: Every format version this release reads.
 SUPPORTED_FORMAT_VERSIONS = (1, 2)
+#: What ``base_model.weights`` may say about the base's weights (see :mod:`pb_adapters.provenance`).
+#: An optional field: older artifacts lack it, and older releases ignore it.
+BASE_WEIGHTS = ("pretrained", "modified", "random", "unknown")
 
 #: The largest ``adapter_config.json`` read or written. A config of thousands of modules and 21k
 #: labels is a few MiB; parsing JSON costs at most ~30x its size in memory, so this also bounds
@@ -87,46 +90,11 @@ _MAX_TASKS = 256
 
 
 # ---------------------------------------------------------------------------- fingerprints
-def iter_base_tensors(module: nn.Module, skip: Iterable[str] = ()) -> Iterator[tuple[str, Tensor]]:
-    """Yield ``(name, tensor)`` for the base weights of a plain or wrapped model.
-
-    Wrapped layers report their ``base_layer``'s tensors under the original names, so a wrapped
-    model and the plain model it came from yield the same items. Modules whose path is in
-    ``skip`` (the classifier head, which every task replaces) are left out, as are
-    ``num_batches_tracked`` counters (they never change outputs).
-    """
-    from .methods.base import AdapterLayer  # local: methods import this module
-
-    skipped = set(skip)
-    seen: set[int] = set()
-
-    def visit(current: nn.Module, path: str) -> Iterator[tuple[str, Tensor]]:
-        if path in skipped:
-            return
-        if isinstance(current, AdapterLayer):
-            current = current.base_layer
-        prefix = f"{path}." if path else ""
-        for name, param in current._parameters.items():
-            if param is not None and id(param) not in seen:
-                seen.add(id(param))
-                yield prefix + name, param
-        for name, buf in current._buffers.items():
-            if (
-                buf is None
-                or name == "num_batches_tracked"
-                or name in current._non_persistent_buffers_set
-            ):
-                continue
-            yield prefix + name, buf
-        for name, child in current._modules.items():
-            if child is not None:
-                yield from visit(child, prefix + name)
-
-    yield from visit(module, "")
-
-
 def fingerprint_tensors(items: Iterable[tuple[str, Tensor]]) -> str:
-    """A SHA-256 over names, dtypes, shapes and exact bytes of ``items`` (sorted by name)."""
+    """A SHA-256 over names, dtypes, shapes and exact bytes of ``items`` (sorted by name).
+
+    The base model's fingerprint hashes :func:`pb_adapters.targeting.iter_base_tensors`.
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(items, key=lambda item: item[0]):
         data = tensor.detach().to("cpu").contiguous().reshape(-1)
@@ -495,11 +463,15 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
         isinstance(fingerprint, str) and fingerprint.startswith("sha256:"),
         "'base_model.fingerprint' must be a 'sha256:...' string",
     )
-    for key in ("name_or_path", "revision", "library", "architecture"):
+    for key in ("name_or_path", "revision", "library", "architecture", "checkpoint"):
         _expect(
             base.get(key) is None or isinstance(base.get(key), str),
             f"'base_model.{key}' must be a string",
         )
+    _expect(  # absent in artifacts written before it was recorded
+        base.get("weights") is None or base["weights"] in BASE_WEIGHTS,
+        f"'base_model.weights' must be one of {', '.join(BASE_WEIGHTS)}",
+    )
     _validate_modules(data.get("modules"))
     data.setdefault("saved_modules", [])  # optional: the loader then finds the head missing
     _validate_saved_modules(data["saved_modules"])

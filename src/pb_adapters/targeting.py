@@ -4,7 +4,8 @@ The default rule is the official piggyback code's: every convolution (stem and d
 convolutions included) and every hidden ``Linear`` of the backbone, never the classifier head,
 never norm layers or biases. It holds for every timm and transformers vision family because it is
 stated in terms of layer types, with the head found from the model's own metadata: timm's
-``pretrained_cfg["classifier"]`` and transformers' ``classifier`` attribute.
+``pretrained_cfg["classifier"]`` and the ``classifier`` of transformers' ``*ForImageClassification``
+models (transformers models without one, such as ``SiglipVisionModel``, have no head).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import TargetingError
 from .methods.base import SUPPORTED_LAYER_TYPES, AdapterLayer, is_supported_layer
@@ -23,7 +24,10 @@ __all__ = [
     "find_head_paths",
     "find_norm_paths",
     "injectable_paths",
+    "is_image_classifier",
     "is_norm_layer",
+    "is_transformers_model",
+    "iter_base_tensors",
     "match_module_names",
     "model_family",
     "resolve_target_modules",
@@ -41,14 +45,19 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-def model_family(model: nn.Module) -> ModelFamily:
-    """``"transformers"`` for a ``PreTrainedModel``, ``"timm"`` for a model with a timm
-    ``pretrained_cfg``, else ``"torch"``."""
+def is_transformers_model(model: object) -> bool:
+    """Whether ``model`` is a transformers ``PreTrainedModel`` (unwrap DDP and the like first)."""
     try:
         from transformers import PreTrainedModel
     except ImportError:  # pragma: no cover - transformers is a dependency
-        PreTrainedModel = ()  # type: ignore[assignment,misc]
-    if isinstance(model, PreTrainedModel):
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def model_family(model: nn.Module) -> ModelFamily:
+    """``"transformers"`` for a ``PreTrainedModel``, ``"timm"`` for a model with a timm
+    ``pretrained_cfg``, else ``"torch"``."""
+    if is_transformers_model(model):
         return "transformers"
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
         return "timm"
@@ -70,6 +79,42 @@ def is_norm_layer(module: nn.Module) -> bool:
     )
 
 
+def iter_base_tensors(module: nn.Module, skip: Iterable[str] = ()) -> Iterator[tuple[str, Tensor]]:
+    """Yield ``(name, tensor)`` for the base weights of a plain or wrapped model.
+
+    Wrapped layers report their ``base_layer``'s tensors under the original names, so a wrapped
+    model and the plain model it came from yield the same items. Modules whose path is in
+    ``skip`` (the classifier head, which every task replaces) are left out, as are
+    ``num_batches_tracked`` counters (they never change outputs).
+    """
+    skipped = set(skip)
+    seen: set[int] = set()
+
+    def visit(current: nn.Module, path: str) -> Iterator[tuple[str, Tensor]]:
+        if path in skipped:
+            return
+        if isinstance(current, AdapterLayer):
+            current = current.base_layer
+        prefix = f"{path}." if path else ""
+        for name, param in current._parameters.items():
+            if param is not None and id(param) not in seen:
+                seen.add(id(param))
+                yield prefix + name, param
+        for name, buf in current._buffers.items():
+            if (
+                buf is None
+                or name == "num_batches_tracked"
+                or name in current._non_persistent_buffers_set
+            ):
+                continue
+            yield prefix + name, buf
+        for name, child in current._modules.items():
+            if child is not None:
+                yield from visit(child, prefix + name)
+
+    yield from visit(module, "")
+
+
 def _get(model: nn.Module, path: str) -> nn.Module | None:
     try:
         return model.get_submodule(path)
@@ -77,9 +122,10 @@ def _get(model: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
-def _last_classifier_layer(model: nn.Module, path: str) -> str:
+def _last_classifier_layer(model: nn.Module, path: str) -> str | None:
     """A head given as a container (transformers ResNet: ``Sequential(Flatten, Linear)``) is
-    represented by its last Linear/Conv layer, the one that maps features to classes."""
+    represented by its last Linear/Conv layer, the one that maps features to classes; ``None``
+    when the container holds no such layer (HGNetV2's ``classifier`` only pools)."""
     module = _get(model, path)
     if module is None or isinstance(module, nn.Linear | nn.Conv2d | nn.Identity):
         return path
@@ -87,29 +133,73 @@ def _last_classifier_layer(model: nn.Module, path: str) -> str:
     for name, child in module.named_modules():
         if isinstance(child, nn.Linear | nn.Conv2d):
             last = name
-    return f"{path}.{last}" if last else path
+    return f"{path}.{last}" if last else None
+
+
+def _out_width(module: nn.Module) -> int | None:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    return None
+
+
+def is_image_classifier(model: nn.Module) -> bool:
+    """Whether a transformers model is an image classification model (its forward returns
+    logits): ``*ForImageClassification`` and ``*ForImageClassificationWithTeacher``."""
+    return "ForImageClassification" in type(model).__name__
+
+
+def _transformers_heads(model: nn.Module) -> list[str]:
+    """The classifier layers of a transformers ``*ForImageClassification`` model.
+
+    Every top-level child named ``*classifier`` that holds a Linear/Conv layer (DeiT with teacher:
+    ``cls_classifier`` and ``distillation_classifier``); failing that, the top-level children whose
+    last layer has ``config.num_labels`` outputs (HGNetV2's ``fc``, SwiftFormer's ``head`` and
+    ``dist_head``); a wrapped timm model (``TimmWrapperForImageClassification``) has the heads its
+    ``pretrained_cfg`` names.
+    """
+    for name, child in model.named_children():
+        if model_family(child) == "timm":
+            return [f"{name}.{path}" for path in find_head_paths(child)]
+    named = [
+        path
+        for name, _ in model.named_children()
+        if name.endswith("classifier") and (path := _last_classifier_layer(model, name))
+    ]
+    if named:
+        return named
+    num_labels = getattr(model.config, "num_labels", None)
+    found = []
+    for name, _ in model.named_children():
+        path = _last_classifier_layer(model, name)
+        if path is not None and _out_width(model.get_submodule(path)) == num_labels:
+            found.append(path)
+    return found
 
 
 def find_head_paths(model: nn.Module) -> list[str]:
     """Paths of the classifier layer(s) that each task replaces with its own head.
 
     timm: ``pretrained_cfg["classifier"]`` (a name or a tuple of names, e.g. DeiT's head and
-    distillation head). transformers ``*ForImageClassification``: ``classifier`` (or every
-    attribute ending in ``classifier``). Other models: a top-level ``fc``/``head``/``classifier``.
+    distillation head). transformers ``*ForImageClassification``: every ``*classifier`` child (see
+    :func:`is_image_classifier`); other transformers models (``ViTModel``, ``CLIPVisionModel``,
+    ``SiglipVisionModel``...) have no classifier head: their ``pooler`` or attention-pooling
+    ``head`` belongs to the backbone. Other torch models: a top-level ``classifier``/``head``/``fc``.
     """
     family = model_family(model)
+    if family == "transformers":
+        return _transformers_heads(model) if is_image_classifier(model) else []
     candidates: list[str] = []
     if family == "timm":
         entry = model.pretrained_cfg.get("classifier")
         candidates = [entry] if isinstance(entry, str) else list(entry or [])
-    elif family == "transformers":
-        candidates = [name for name, _ in model.named_children() if name.endswith("classifier")]
     if not candidates:
         candidates = [
             name for name in ("classifier", "head", "fc") if _get(model, name) is not None
         ][:1]
-    paths = [_last_classifier_layer(model, p) for p in candidates if _get(model, p) is not None]
-    return paths
+    # A named head without a Linear/Conv stays as named: creating a task head then says why not.
+    return [_last_classifier_layer(model, p) or p for p in candidates if _get(model, p) is not None]
 
 
 def find_norm_paths(model: nn.Module, skip: Iterable[str] = ()) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import accuracy, report
+from benchmarks import report
 
 MACHINE = {
     "date": "2026-01-01T00:00:00+00:00",
@@ -63,9 +63,3 @@ def test_accuracy_and_training_sections(tmp_path: Path, monkeypatch: pytest.Monk
     assert "| piggyback | 95.0% ± 1.0 (n=3) | 94.0-96.0% | -2.0 points | 60 s | 2.00% |" in text
     assert "| finetune | 97.0% ± 0.5 (n=3) |" in text
     assert "| 64 px x 32 | 1 | piggyback | 10 | 200.0 ms | 1.25x | 1.0 MiB | 1.00x |" in text
-
-
-def test_binary_entropy() -> None:
-    assert accuracy._binary_entropy(0.0) == accuracy._binary_entropy(1.0) == 0.0
-    assert accuracy._binary_entropy(0.5) == pytest.approx(1.0)
-    assert accuracy._binary_entropy(0.05) == pytest.approx(0.2864, abs=1e-4)

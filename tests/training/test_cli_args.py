@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import pytest
 
 from pb_adapters import PiggybackConfig
 from pb_adapters.config import AdapterConfig
+from pb_adapters.registry import available_methods, get_method
 from pb_adapters.serialization import read_adapter_config
-from pb_adapters.training.cli_args import (
+from pb_adapters.training.cli import (
     DEMO_DEFAULTS,
     adapter_config_from_args,
     build_train_parser,
-    load_base_model,
+    create_backbone,
     load_config_file,
     parse_train_args,
     run_training,
+    training_arguments_from_args,
 )
 from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
 from tests.factories import tiny_transformers
@@ -45,10 +49,9 @@ def test_parser_defaults_and_options() -> None:
         ["--model", "resnet50", "--no-hflip", "--method", "head", "--mask-lr", "0.001"]
     )
     assert (ns.model, ns.hflip, ns.method, ns.mask_lr) == ("resnet50", False, "head", 1e-3)
-    assert build_train_parser().parse_args([]).mask_encoding == "ans"
-    assert (
-        build_train_parser().parse_args(["--mask-encoding", "bitpack"]).mask_encoding == "bitpack"
-    )
+    assert training_arguments_from_args(build_train_parser().parse_args([])).mask_encoding == "ans"
+    ns = build_train_parser().parse_args(["--mask-encoding", "bitpack"])
+    assert training_arguments_from_args(ns).mask_encoding == "bitpack"
     assert DEMO_DEFAULTS["output_dir"] == "outputs/demo" and DEMO_DEFAULTS["hflip"] is False
 
 
@@ -104,7 +107,7 @@ def test_baseline_run_with_a_timm_model(tmp_path: Path) -> None:
 def test_transformers_model_from_a_local_folder(tmp_path: Path) -> None:
     folder = tmp_path / "tiny-vit"
     tiny_transformers("vit").save_pretrained(folder)
-    assert type(load_base_model(str(folder))).__name__ == "ViTForImageClassification"
+    assert type(create_backbone(str(folder))).__name__ == "ViTForImageClassification"
     ns = build_train_parser().parse_args(
         [
             *QUICK,
@@ -125,7 +128,7 @@ def test_transformers_model_from_a_local_folder(tmp_path: Path) -> None:
 
 def test_unknown_names_go_to_transformers_and_fail_offline() -> None:
     with pytest.raises(OSError):
-        load_base_model("no-such-org/no-such-model-pb-adapters", library="auto")
+        create_backbone("no-such-org/no-such-model-pb-adapters", library="auto")
 
 
 def test_example_script_help() -> None:
@@ -171,7 +174,7 @@ def test_checkpoint_options_and_resume(tmp_path: Path) -> None:
 
 def test_yaml_config_precedence_and_errors(tmp_path: Path) -> None:
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("model: test_resnet\nmask-lr: 1e-3\nbatch_size: 8\nhflip: false\nmethod: head\n")
+    cfg.write_text("model: test_resnet\nmask-lr: 1e-3\nbatch_size: 8\nhflip: false\nmethod: ksm\n")
     parser = build_train_parser()
     ns = parse_train_args(parser, ["--config", str(cfg)])
     assert (ns.model, ns.mask_lr, ns.batch_size, ns.hflip, ns.method) == (
@@ -179,12 +182,12 @@ def test_yaml_config_precedence_and_errors(tmp_path: Path) -> None:
         1e-3,
         8,
         False,
-        "head",
+        "ksm",
     )
     assert ns.seed == 0 and ns.epochs is None  # untouched options keep their defaults
     # typed options win; options not typed keep the file's value, even when equal to a default
     ns = parse_train_args(parser, ["--batch-size", "32", "--config", str(cfg), "--hflip"])
-    assert (ns.batch_size, ns.hflip, ns.mask_lr, ns.method) == (32, True, 1e-3, "head")
+    assert (ns.batch_size, ns.hflip, ns.mask_lr, ns.method) == (32, True, 1e-3, "ksm")
     cfg.write_text("batch_size: 8\nlearning_rate: 0.1\nfoo: 1\n")
     with pytest.raises(SystemExit):
         parse_train_args(parser, ["--config", str(cfg)])
@@ -195,36 +198,26 @@ def test_yaml_config_precedence_and_errors(tmp_path: Path) -> None:
         load_config_file(cfg, parser)
 
 
-def test_adapter_config_follows_the_method_and_refuses_foreign_options() -> None:
+def test_adapter_config_follows_the_method_and_its_options() -> None:
     parser = build_train_parser()
     ns = parser.parse_args(["--mask-type", "ternary", "--mask-lr", "0.002"])
     config = adapter_config_from_args(ns, {0: "a", 1: "b"})
     assert type(config).method == "piggyback"
     assert (config.mask_type, config.mask_lr, config.num_labels) == ("ternary", 2e-3, 2)
     assert config.base_model_name_or_path == DEMO_BASE_MODEL_ID
-    # head_lr left unset: the method's own default applies
-    assert config.head_lr == PiggybackConfig().head_lr
+    assert config.head_lr == DEMO_DEFAULTS["head_lr"]  # the demo's own default
     ns = parser.parse_args(["--model", "test_resnet"])
     config = adapter_config_from_args(ns, {0: "a"})
     assert (config.mask_type, config.base_model_name_or_path) == ("binary", "test_resnet")
-
-
-def test_adapter_options_a_method_lacks_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dataclasses
-
-    from pb_adapters.training import cli_args
-
-    @dataclasses.dataclass
-    class _Plain(AdapterConfig):
-        method = "plain"
-
-    spec = type("Spec", (), {"config_class": _Plain})
-    monkeypatch.setattr(cli_args, "get_method", lambda name: spec)
-    ns = build_train_parser().parse_args(["--mask-type", "ternary"])
-    with pytest.raises(ValueError, match="--mask-type does not apply to --method piggyback"):
-        adapter_config_from_args(ns, {0: "a"})
-    ns.mask_type = None
-    assert isinstance(adapter_config_from_args(ns, {0: "a"}), _Plain)
+    assert config.head_lr == PiggybackConfig().head_lr  # unset: the method's own default
+    ns = parser.parse_args(["--model", "m", "--method", "ksm", "--temperature", "0.01"])
+    ns.block_size, ns.head_lr = 4, 0.5
+    config = adapter_config_from_args(ns, {0: "a"})
+    assert (config.temperature, config.block_size, config.head_lr) == (0.01, 4, 0.5)
+    ns = parser.parse_args(["--model", "m", "--method", "packnet", "--epochs", "3"])
+    ns.weight_lr = 0.02
+    config = adapter_config_from_args(ns, {0: "a"})
+    assert (config.epochs, config.weight_lr) == (3, 0.02)  # --epochs serves packnet's field
 
 
 @pytest.mark.parametrize(
@@ -242,3 +235,105 @@ def test_inconsistent_options_are_usage_errors(
         parse_train_args(build_train_parser(), argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- method options
+
+
+def _option(parser, flag: str):
+    return next(a for a in parser._actions if flag in a.option_strings)
+
+
+def test_every_method_option_comes_from_its_registry_entry() -> None:
+    parser = build_train_parser()
+    for method in available_methods():
+        spec = get_method(method)
+        fields = {f.name: f for f in dataclasses.fields(spec.config_class)}
+        for name in spec.cli_options:
+            action = _option(parser, "--" + name.replace("_", "-"))
+            assert action.dest == name and name in fields
+            assert action.default is None  # not given: the method's (or the demo's) default
+            assert f"{method} {fields[name].default}" in action.help
+        for flag in spec.schedule_options:
+            assert f"[--method {method}]" in _option(parser, flag).help
+    assert _option(parser, "--mask-type").choices == ("binary", "ternary")
+    assert _option(parser, "--block-size").type is int
+    assert _option(parser, "--prune-ratio").type is float
+    # one option per field name, shared by the methods that have it
+    assert "ksm 0.01, piggyback 0.01" in _option(parser, "--mask-init").help
+
+
+def test_a_registered_method_brings_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pb_adapters import registry
+    from pb_adapters.methods.piggyback import PiggybackLayer
+
+    @dataclasses.dataclass
+    class ToyConfig(AdapterConfig):
+        method: ClassVar[str] = "toy"
+        sharpness: float = 2.0
+        mode: Literal["soft", "hard"] = "soft"
+        mask_lr: float = 1e-4
+
+    spec = registry.MethodSpec(
+        "toy",
+        ToyConfig,
+        PiggybackLayer,
+        cli_options={"sharpness": "how sharp", "mode": "which mode", "mask_lr": "mask rate"},
+    )
+    monkeypatch.setitem(registry._REGISTRY, "toy", spec)
+    parser = build_train_parser()
+    assert _option(parser, "--sharpness").type is float
+    assert _option(parser, "--mode").choices == ("soft", "hard")
+    assert "ksm 0.0001, piggyback 0.0001, toy 0.0001" in _option(parser, "--mask-lr").help
+    argv = ["--method", "toy", "--model", "m", "--sharpness", "3", "--mode", "hard"]
+    config = adapter_config_from_args(parse_train_args(parser, argv), {0: "a"})
+    assert (type(config), config.sharpness, config.mode) == (ToyConfig, 3.0, "hard")
+    with pytest.raises(SystemExit):
+        parse_train_args(parser, ["--sharpness", "3"])  # piggyback has no such field
+    with pytest.raises(SystemExit):
+        parse_train_args(parser, ["--method", "toy", "--threshold", "0.1"])
+
+
+def test_the_test_suites_toy_method_gets_its_option_by_registering() -> None:
+    import tests.methods.toy  # noqa: F401  (registers the toy method, as the conformance test)
+
+    argv = ["--method", "toy", "--model", "m", "--score-init", "0.5"]
+    ns = parse_train_args(build_train_parser(), argv)
+    config = adapter_config_from_args(ns, {0: "a"})
+    assert (config.method, config.score_init) == ("toy", 0.5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--method", "ksm", "--mask-type", "ternary"],
+            "--mask-type does not apply to --method ksm",
+        ),
+        (["--tasks", "demo"], "--tasks does not apply to --method piggyback"),
+        (["--keep-last-unpruned"], "--keep-last-unpruned does not apply"),
+        (["--method", "packnet", "--mask-lr", "1e-3"], "--mask-lr does not apply"),
+        (["--method", "head", "--norm-lr", "1e-3"], "--norm-lr does not apply to --method head"),
+        (["--method", "packnet", "--mask-encoding", "ans"], "--mask-encoding does not apply"),
+        (["--method", "finetune", "--mask-encoding", "bitpack"], "--mask-encoding does not"),
+        (["--method", "packnet", "--resume"], "--resume continues one training run"),
+        (["--backbone-lr", "1e-3"], "--backbone-lr applies to --method finetune"),
+        (["--hub-private"], "--hub-private applies to the repository of --push-to-hub"),
+        (["--method", "head", "--train-norms"], "--train-norms applies to adapter methods"),
+    ],
+)
+def test_options_the_method_does_not_read_are_refused(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pb_adapters import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_args(build_train_parser(prog="train.py"), argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [err.strip()] and err.startswith("train.py: error: ")
+    assert message in err
+    assert cli.main(["train", *argv]) == 2  # the subcommand: one line too, nothing trained
+    err = capsys.readouterr().err
+    assert err.startswith("pb-adapters train: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1

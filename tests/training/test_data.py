@@ -20,6 +20,7 @@ from pb_adapters.training.data import (
     build_transforms,
     load_datasets,
     load_image_folder,
+    register_dataset_source,
     resolve_data_config,
     scan_image_folder,
     stratified_split,
@@ -289,6 +290,36 @@ def test_dataloaders_are_seeded() -> None:
     assert order(1) == order(1)
     assert order(1) != order(2)
     assert sorted(order(1)) == list(range(20))
+    # the training loader reshuffles on every pass, and use_epoch replays an epoch
+    train, _, _ = build_dataloaders(splits, batch_size=5, num_workers=0, seed=1)
+
+    def one_pass() -> list[int]:
+        return [round(float(v)) for x, _ in train for v in (x[:, 0, 0, 0] * 0.5 + 0.5) * 255]
+
+    first, second = one_pass(), one_pass()
+    assert first == order(1) and second != first and sorted(second) == list(range(20))
+    train.sampler.use_epoch(1)
+    assert one_pass() == second
+
+
+def test_named_sources_come_before_folders_and_datasets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pb_adapters.training.data import sources
+
+    images = np.zeros((12, 4, 4), dtype=np.uint8)
+    full = ArrayImageDataset(images, [i % 2 for i in range(12)])
+
+    def toy(*, val_fraction: float, test_fraction: float, seed: int) -> DatasetSplits:
+        return DatasetSplits(full, full, full, {0: "a", 1: "b"}, name=f"toy-{seed}")
+
+    monkeypatch.setattr(sources, "_SOURCES", list(sources._SOURCES))
+    register_dataset_source(lambda source: toy if source == "toy" else None)
+    assert load_datasets("toy", seed=3).name == "toy-3"
+    assert load_datasets(None).name == "mnist-5k"  # the demo's source answers for "no source"
+    monkeypatch.setattr(sources, "_SOURCES", [])
+    with pytest.raises(DataError, match="no data source given"):
+        load_datasets(None)
 
 
 # ----------------------------------------------------------------------------- bad data

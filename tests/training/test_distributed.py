@@ -1,9 +1,12 @@
-"""Two real training processes (gloo on CPU) through ``accelerate launch``.
+"""Real training processes (gloo on CPU) through ``accelerate launch``.
 
 ``accelerate launch --multi_gpu --num_processes 2`` starts two ranks even without a GPU (while
 ``--cpu --num_processes 2`` silently starts one). Both ranks must end with identical masks, equal
 to a single-process run over the same global batch, and a 2-process run resumed from a checkpoint
-must end exactly where the uninterrupted one did.
+must end exactly where the uninterrupted one did. Two launchers side by side (``--num_machines 2
+--machine_rank 0/1``) stand for two machines of two processes each, and must end where one
+machine of four processes does. A run sharded with FSDP2 must write the artifact a DDP run
+writes, byte for byte.
 """
 
 from __future__ import annotations
@@ -11,21 +14,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("distributed_worker.py")
+ARTIFACT = ("adapter_model.safetensors", "adapter_config.json")
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # the repository (for tests.factories) in front of the caller's path, which may hold the
+    # sources under test (PYTHONPATH=src)
+    path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(path))
     env.pop("ACCELERATE_CONFIG_FILE", None)
     return env
 
@@ -37,25 +48,63 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _launch(out: Path, batch_size: int, processes: int, *extra: str) -> None:
+def _run_together(commands: list[list[str]], logs: Path) -> None:
+    """Start ``commands`` at once (the launchers of one job), wait for all; fail with their logs."""
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i, cmd in enumerate(commands):
+        # output to files, not pipes: a launcher blocked on a full pipe would stall the others
+        with open(logs / f"launcher-{i}.log", "w") as log:
+            procs.append(
+                subprocess.Popen(
+                    cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )  # fmt: skip
+    codes = []
+    try:
+        for proc in procs:
+            codes.append(proc.wait(timeout=600))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:  # the launcher and every rank it started
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = "".join(f.read_text()[-3000:] for f in sorted(logs.glob("launcher-*.log")))
+    assert codes == [0] * len(commands), text
+
+
+def _launch(
+    out: Path,
+    batch_size: int,
+    processes: int,
+    *extra: str,
+    machines: int = 1,
+    launcher: Sequence[str] = ("--multi_gpu",),
+) -> None:
+    """Train with the worker script into ``out`` (one process: without a launcher)."""
+    worker = [str(WORKER), str(out), str(batch_size), *extra]
     if processes == 1:
-        cmd = [sys.executable, str(WORKER)]
+        _run_together([[sys.executable, *worker]], out / "logs")
     else:
-        cmd = [
-            sys.executable, "-m", "accelerate.commands.launch",
-            "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), str(WORKER),
-        ]  # fmt: skip
-    proc = subprocess.run(
-        [*cmd, str(out), str(batch_size), *extra],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        _accelerate_launch(worker, out / "logs", processes, machines, launcher)
+
+
+def _accelerate_launch(
+    script: list[str], logs: Path, processes: int, machines: int, launcher: Sequence[str]
+) -> None:
+    """Run ``script`` (path and arguments) in ``processes`` ranks over ``machines`` launchers."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", *launcher,
+        "--num_processes", str(processes), "--num_machines", str(machines),
+        "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+    ]  # fmt: skip
+    if machines == 1:
+        _run_together([[*command, *script]], logs)
+        return
+    machine = ["--main_process_ip", "127.0.0.1", "--machine_rank"]
+    _run_together([[*command, *machine, str(r), *script] for r in range(machines)], logs)
 
 
 def _rank(out: Path, rank: int) -> tuple[dict[str, torch.Tensor], dict]:
@@ -67,6 +116,16 @@ def _rank(out: Path, rank: int) -> tuple[dict[str, torch.Tensor], dict]:
 
 def _masks(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in tensors.items() if k.startswith("mask:")}
+
+
+def _resume_from_step_4(finished: Path, resumed: Path) -> None:
+    """Copy ``finished``'s run into ``resumed`` with checkpoints 1-4 only: the run stopped mid-way
+    through epoch 2."""
+    shutil.copytree(finished / "run", resumed / "run")
+    checkpoints = sorted((resumed / "run" / "checkpoints").glob("step-*"))
+    assert [p.name for p in checkpoints][-1] == "step-00000006"
+    for later in checkpoints[4:]:
+        shutil.rmtree(later)
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +172,127 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs: Path) 
 
 def test_two_process_resume_ends_with_the_same_masks(runs: Path) -> None:
     resumed = runs / "resumed"
-    shutil.copytree(runs / "two" / "run", resumed / "run")
-    checkpoints = sorted((resumed / "run" / "checkpoints").glob("step-*"))
-    assert [p.name for p in checkpoints][-1] == "step-00000006"
-    for later in checkpoints[4:]:  # keep steps 1-4: the run stopped mid-way through epoch 2
-        shutil.rmtree(later)
+    _resume_from_step_4(runs / "two", resumed)
     _launch(resumed, 8, 2, "--resume")
     (full, _), (again, meta) = _rank(runs / "two", 0), _rank(resumed, 0)
     assert meta["num_processes"] == 2
     assert full.keys() == again.keys() and all(torch.equal(full[k], again[k]) for k in full)
+
+
+# ------------------------------------------------------------------------------ two machines
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("four-processes")
+    _launch(root / "one-machine", 4, processes=4)
+    _launch(root / "two-machines", 4, processes=4, machines=2)
+    return root
+
+
+def test_two_machines_match_one_machine_of_four_processes(four: Path, runs: Path) -> None:
+    ranks = [_rank(four / "two-machines", r) for r in range(4)]
+    # two launchers of two processes each, joined into one group of four
+    assert [m["machine_rank"] for _, m in ranks] == [0, 0, 1, 1]
+    assert {(m["num_processes"], m["local_world_size"]) for _, m in ranks} == {(4, 2)}
+    (first, meta), (single, m_single) = ranks[0], _rank(four / "one-machine", 0)
+    assert m_single["machine_rank"] == 0 and m_single["local_world_size"] == 4
+    for tensors, _ in ranks[1:]:
+        assert tensors.keys() == first.keys() and all(
+            torch.equal(tensors[k], first[k]) for k in first
+        )
+    # the same ranks reduce in the same order whichever machine they run on: bit for bit
+    assert first.keys() == single.keys()
+    assert all(torch.equal(first[k], single[k]) for k in first)
+    for key in ("best_epoch", "validation", "test"):
+        assert meta[key] == m_single[key]
+    # and the same mask bits as one process with the whole global batch of 16
+    one, _ = _rank(runs / "one", 0)
+    assert all(torch.equal(first[k], one[k]) for k in _masks(first))
+
+
+# ------------------------------------------------------------------------------ FSDP
+
+
+@pytest.fixture(scope="module")
+def sharded(runs: Path) -> Path:
+    _launch(runs / "fsdp", 8, 2, "--fsdp")
+    _resume_from_step_4(runs / "fsdp", runs / "fsdp-resumed")
+    _launch(runs / "fsdp-resumed", 8, 2, "--fsdp", "--resume")
+    return runs
+
+
+def _same_artifact(a: Path, b: Path) -> bool:
+    return all((a / name).read_bytes() == (b / name).read_bytes() for name in ARTIFACT)
+
+
+def test_fsdp_shards_the_scores_and_writes_the_ddp_artifact(sharded: Path) -> None:
+    ranks = [json.loads((sharded / f"fsdp/rank-{r}.json").read_text()) for r in range(2)]
+    total = ranks[0]["trainable_total"]
+    # each process held its own slice of the trainable state, and the slices add up
+    assert all(m["sharded"] and 0 < m["trainable_local"] < total for m in ranks)
+    assert sum(m["trainable_local"] for m in ranks) == total
+    ddp, ddp_meta = _rank(sharded / "two", 0)
+    fsdp, fsdp_meta = _rank(sharded / "fsdp", 0)
+    assert not ddp_meta["sharded"] and ddp_meta["trainable_local"] == total
+    assert fsdp.keys() == ddp.keys() and all(torch.equal(fsdp[k], ddp[k]) for k in ddp)
+    for key in ("best_epoch", "validation", "test"):
+        assert fsdp_meta[key] == ddp_meta[key]
+    assert _same_artifact(sharded / "fsdp" / "run", sharded / "two" / "run")
+    # checkpoints hold each process's slice of the best epoch's state
+    step = sharded / "fsdp/run/checkpoints/step-00000006"
+    assert sorted(p.name for p in step.glob("best_state*")) == [
+        "best_state.shard-00000.safetensors",
+        "best_state.shard-00001.safetensors",
+    ]
+
+
+def test_fsdp_resume_ends_with_the_same_artifact(sharded: Path) -> None:
+    assert _same_artifact(sharded / "fsdp-resumed" / "run", sharded / "fsdp" / "run")
+    again, _ = _rank(sharded / "fsdp-resumed", 0)
+    full, _ = _rank(sharded / "fsdp", 0)
+    assert all(torch.equal(full[k], again[k]) for k in full)
+
+
+def test_fsdp_command_line_reports_the_figures_of_its_artifact(tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    options = [
+        "--model", "test_resnet", "--dataset", "demo", "--output-dir", str(out),
+        "--epochs", "1", "--max-steps-per-epoch", "3", "--max-train-samples", "96",
+        "--max-eval-samples", "24", "--image-size", "32", "--batch-size", "8",
+        "--num-workers", "0", "--no-progress", "--report-to", "none", "--mask-lr", "0.004", "--lr-scheduler", "constant",
+    ]  # fmt: skip
+    script = [str(Path(__file__).with_name("cli_fsdp_worker.py")), *options]
+    _accelerate_launch(script, out / "logs", 2, 1, ("--multi_gpu",))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reload_matches"] is True
+    # the sparsity and sizes printed after training are those of the whole model, as saved
+    from pb_adapters import PiggybackModel
+    from pb_adapters.training.cli import create_backbone
+
+    saved = PiggybackModel.from_pretrained(create_backbone("test_resnet", seed=0), out)
+    stats = saved.mask_stats()
+    assert stats.zeros > 0
+    assert summary["mask_zeros_fraction"] == stats.total
+    assert summary["num_mask_entries"] == stats.num_masked
+    assert summary["mask_bytes"] == saved.adapter_size()["mask_bytes"]
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+    reason="Accelerate's launcher shards with FSDP only on GPU-type devices; needs 2 CUDA GPUs",
+)
+def test_fsdp_on_two_gpus_writes_the_ddp_artifact(tmp_path: Path) -> None:
+    fsdp_flags = [
+        "--use_fsdp", "--fsdp_version", "2",
+        "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+        "--fsdp_transformer_layer_cls_to_wrap", "BasicBlock,Bottleneck",
+    ]  # fmt: skip
+    _launch(tmp_path / "ddp", 8, 2, "--gpu")
+    _launch(tmp_path / "fsdp", 8, 2, "--gpu", "--fsdp", launcher=fsdp_flags)
+    ranks = [json.loads((tmp_path / f"fsdp/rank-{r}.json").read_text()) for r in range(2)]
+    assert all(m["sharded"] and m["trainable_local"] < m["trainable_total"] for m in ranks)
+    ddp, _ = _rank(tmp_path / "ddp", 0)
+    fsdp, _ = _rank(tmp_path / "fsdp", 0)
+    assert all(torch.equal(fsdp[k], ddp[k]) for k in _masks(ddp))
+    assert _same_artifact(tmp_path / "fsdp" / "run", tmp_path / "ddp" / "run")

@@ -145,6 +145,7 @@ class AdapterLayer(nn.Module):
         # branches so that a compiled model does not recompile when the task changes.
         self.register_buffer("merged_weight", None, persistent=False)
         self._merged_key: tuple[Any, ...] | None = None
+        self._cache_merged = True
         self._has_active = False
         self._active_trainable = False
         for param in base_layer.parameters():
@@ -277,7 +278,7 @@ class AdapterLayer(nn.Module):
     def refresh_merged(self) -> None:
         """(Re)compute ``merged_weight`` if the active adapter's state or the base changed."""
         name = self.active_adapter
-        if name is None or self.disabled:
+        if name is None or self.disabled or not self._cache_merged:
             return
         key = self._cache_key(name)
         if key != self._merged_key:
@@ -288,6 +289,19 @@ class AdapterLayer(nn.Module):
     def _drop_merged(self) -> None:
         self.merged_weight = None
         self._merged_key = None
+
+    def set_merged_cache(self, enabled: bool) -> None:
+        """Whether eval mode keeps the active adapter's weight between forwards (the default).
+
+        Off, every forward computes the weight afresh: slower, but no weight-sized buffer stays
+        behind (sharded training, where that buffer would be a full copy on every process).
+        """
+        self._cache_merged = bool(enabled)
+        if enabled:
+            if not self.training:
+                self.refresh_merged()
+        else:
+            self._drop_merged()
 
     def train(self, mode: bool = True) -> AdapterLayer:
         """Training recomputes the weight every step; eval materialises it once."""
@@ -306,6 +320,10 @@ class AdapterLayer(nn.Module):
             # Differentiable path: gradients reach the adapter's parameters.
             return self._forward_with(
                 self.base_layer, x, self.effective_weight(self.active_adapter)
+            )
+        if not self._cache_merged:
+            return self._forward_with(
+                self._modules["base_layer"], x, self.inference_weight(self.active_adapter)
             )
         merged = self._buffers["merged_weight"]  # direct: this runs on every forward
         if merged is None or (self._active_trainable and not torch.compiler.is_compiling()):

@@ -6,8 +6,10 @@ layers. Which method is used is decided by the adapter's config through the regi
 :mod:`pb_adapters.methods`; nothing here is specific to one method.
 
 One module per concern: :mod:`.wrapper` (the class, adapter lifecycle and forward),
-:mod:`.saving`, :mod:`.loading` (plan, then apply), :mod:`.identity` (which base, its
-fingerprint), :mod:`.stats` (reports) and :mod:`.task_modules` (per-task heads and norms).
+:mod:`.saving`, :mod:`.loading` (plan, then apply), :mod:`.merging` (merge, unmerge, unload),
+:mod:`.identity` (which base, its fingerprint), :mod:`.stats` (reports), :mod:`.task_modules`
+(per-task heads and norms), :mod:`.state` (``state_dict`` with each tensor once) and
+:mod:`.transformers_compat` (outputs with a loss, pipelines).
 """
 
 from .stats import AdapterInfo, MaskStats

@@ -449,6 +449,7 @@ class LoadingMixin:
             is_trainable: Load the masks as trainable parameters to continue training.
             verify_base: Check that the base weights are those the adapter was trained on.
         """
+        self._require_unmerged("load an adapter")
         validate_adapter_name(adapter_name)
         folder = resolve_adapter_folder(
             model_id,

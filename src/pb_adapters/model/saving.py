@@ -6,6 +6,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,12 @@ class SavingMixin:
         self, name: str, metrics: dict[str, Any] | None, datasets: list[str] | None
     ) -> tuple[dict[str, Any], dict[str, Tensor], list[str]]:
         """The config dict, the tensors (bit planes packed) and the keys of the bit planes."""
+        with self._original_weights():  # a merged model saves what it would save unmerged
+            return self._artifact_unmerged(name, metrics, datasets)
+
+    def _artifact_unmerged(
+        self, name: str, metrics: dict[str, Any] | None, datasets: list[str] | None
+    ) -> tuple[dict[str, Any], dict[str, Tensor], list[str]]:
         group = self._artifact_group(name)
         top = group[-1]  # the artifact's main fields describe the newest task of a group
         config = self.peft_config[top]
@@ -161,6 +168,11 @@ class SavingMixin:
                 | self._task_record(other, f"tasks.{other}.", *task_metrics(other), tensors)
                 for other in group[:-1]
             ]
+        # Every stored config names the base as the record does (what the weights bear out).
+        base = data["base_model"]
+        for record in [data, *data.get("tasks", [])]:
+            record["config"]["base_model_name_or_path"] = base["name_or_path"]
+            record["config"]["base_model_revision"] = base["revision"]
         return data, tensors, planes
 
     def record_metrics(
@@ -183,6 +195,7 @@ class SavingMixin:
         save_directory: str | Path,
         adapter_name: str | None = None,
         *,
+        selected_adapters: Sequence[str] | None = None,
         metrics: dict[str, Any] | None = None,
         datasets: list[str] | None = None,
         write_card: bool = True,
@@ -199,6 +212,11 @@ class SavingMixin:
         recorded for the card; ``repo_id``/``subfolder`` make the card's usage snippet point at
         the Hub. The artifact files are replaced atomically.
 
+        ``selected_adapters`` saves several adapters in PEFT's layout: ``"default"`` in
+        ``save_directory`` itself, every other adapter in a subfolder named after it (load it
+        with ``load_adapter(save_directory, name, subfolder=name)``);
+        ``selected_adapters=list(model.peft_config)`` saves them all.
+
         ``mask_encoding="ans"`` (the default) entropy-codes each mask plane that gets smaller
         for it (artifact format version 2); ``"bitpack"`` stores 1 bit per entry (format
         version 1, which releases before entropy coding read as well).
@@ -208,6 +226,18 @@ class SavingMixin:
         (:class:`~pb_adapters.errors.StorageError` for a full disk, ``TargetExistsError`` when
         the path is a file) the folder is left as it was.
         """
+        if selected_adapters is not None:
+            return self._save_selected(
+                Path(save_directory),
+                adapter_name,
+                list(selected_adapters),
+                metrics=metrics,
+                datasets=datasets,
+                write_card=write_card,
+                repo_id=repo_id,
+                subfolder=subfolder,
+                mask_encoding=mask_encoding,
+            )
         name = self._named_or_active(adapter_name, "no adapter to save: add or load one first")
         check_results(metrics, datasets)
         if not isinstance(save_directory, (str, os.PathLike)):
@@ -225,6 +255,40 @@ class SavingMixin:
         if metrics is not None or datasets is not None:
             self._recorded[name] = (metrics, datasets)
         return folder
+
+    def _save_selected(
+        self,
+        root: Path,
+        adapter_name: str | None,
+        names: list[str],
+        *,
+        metrics: dict[str, Any] | None,
+        datasets: list[str] | None,
+        subfolder: str | None,
+        **kwargs: Any,
+    ) -> Path:
+        """``save_pretrained(selected_adapters=names)``: PEFT's layout, every name checked first."""
+        if adapter_name is not None:
+            raise ConfigError("pass adapter_name or selected_adapters, not both")
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"selected_adapters must name each adapter once, got {names}")
+        for name in names:
+            self._require_adapter(name)
+        if len(names) > 1 and (metrics is not None or datasets is not None):
+            raise ConfigError(
+                "metrics= and datasets= describe one adapter; record_metrics each adapter instead"
+            )
+        for name in names:
+            inner = None if name == "default" else name
+            self.save_pretrained(
+                root if inner is None else root / inner,
+                name,
+                metrics=metrics,
+                datasets=datasets,
+                subfolder="/".join(p for p in (subfolder, inner) if p) or None,
+                **kwargs,
+            )
+        return root
 
     def adapter_size(
         self, adapter_name: str | None = None, *, mask_encoding: str = DEFAULT_MASK_ENCODING

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..mask_coding import binary_entropy
+from ..mask_coding import order0_entropy_bits
 
 __all__ = ["AdapterInfo", "MaskStats", "StatsMixin"]
 
@@ -78,7 +78,12 @@ class StatsMixin:
         return trainable, total
 
     def print_trainable_parameters(self) -> None:
-        """Print trainable and total parameter counts, as PEFT does, plus the masked weights."""
+        """Print trainable and total parameter counts, as PEFT does, plus what the task stores.
+
+        The trainable share counts mask scores, which are not what a task keeps: its artifact
+        stores the masks coded (about a bit per weight at most) and its head. The last line gives
+        those bytes as :meth:`save_pretrained` would write them now, and the bit-packed bound.
+        """
         trainable, total = self.get_nb_trainable_parameters()
         print(
             f"trainable params: {trainable:,} || all params: {total:,} || "
@@ -87,6 +92,13 @@ class StatsMixin:
         if self.active_adapter is not None:
             stats = self.mask_stats()
             print(f"masked layers: {len(stats.per_layer)} || mask entries: {stats.num_masked:,}")
+            size = self.adapter_size()
+            masks, modules = int(size["mask_bytes"]), int(size["module_bytes"])
+            bound = int(size["packed_mask_bytes"]) + modules
+            print(
+                f"task stores: {masks + modules:,} bytes (masks {masks:,} + head and task "
+                f"modules {modules:,}) || at most {bound:,} bytes with masks bit-packed"
+            )
 
     def mask_stats(self, adapter_name: str | None = None) -> MaskStats:
         """Per-layer and total fraction of zeros in an adapter's masks (default: the active one).
@@ -101,6 +113,6 @@ class StatsMixin:
                 stats.per_layer[path] = zeros / max(entries, 1)
                 stats.zeros += zeros
                 stats.num_masked += entries
-                stats.entropy_bits += entries * binary_entropy(zeros / max(entries, 1))
+                stats.entropy_bits += order0_entropy_bits(zeros, entries)
         stats.total = stats.zeros / max(stats.num_masked, 1)
         return stats

@@ -1,8 +1,9 @@
 """The wrapper class: creating it (on a base, or from an artifact), the adapter lifecycle (add,
-set, delete, disable, merge), training mode and forward (one task, or mixed tasks per sample).
+set, delete, disable), training mode and forward (one task, or mixed tasks per sample).
 
-Saving, loading, base identity and reports are mixed in from their own modules (:mod:`.saving`,
-:mod:`.loading`, :mod:`.identity`, :mod:`.stats`); they work on the state set up here.
+Saving, loading, merging, base identity and reports are mixed in from their own modules
+(:mod:`.saving`, :mod:`.loading`, :mod:`.merging`, :mod:`.identity`, :mod:`.stats`); they work on
+the state set up here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..batching import group_indices, merge_outputs, select_batch
@@ -28,9 +28,12 @@ from ..targeting import find_head_paths, is_norm_layer, model_family, resolve_ta
 from ..utils.names import validate_adapter_name
 from .identity import IdentityMixin
 from .loading import LoadingMixin, load_named_base
+from .merging import MergingMixin
 from .saving import SavingMixin
+from .state import register_state_hooks
 from .stats import StatsMixin
 from .task_modules import module_key, module_path, new_task_modules, set_submodule
+from .transformers_compat import classification_output, register_pipeline_support
 
 __all__ = ["BASE_ADAPTER_NAME", "PiggybackModel", "get_piggyback_model"]
 
@@ -38,13 +41,18 @@ __all__ = ["BASE_ADAPTER_NAME", "PiggybackModel", "get_piggyback_model"]
 BASE_ADAPTER_NAME = "__base__"
 
 
-class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Module):
+class PiggybackModel(LoadingMixin, SavingMixin, MergingMixin, StatsMixin, IdentityMixin, nn.Module):
     """A frozen, shared base model plus any number of per-task adapters.
 
     Create one with :func:`get_piggyback_model` (to train a new task) or
-    :meth:`PiggybackModel.from_pretrained` (to use a saved one). Calling the wrapper calls the
-    base model, with the active adapter's masks, head and label metadata in place, and returns
-    what the base returns (timm: logits; transformers: ``ImageClassifierOutput``).
+    :meth:`PiggybackModel.from_pretrained` (to use a saved one); ``PiggybackModel(model,
+    peft_config)`` also adds a first adapter, as ``PeftModel`` does. Calling the wrapper calls
+    the base model, with the active adapter's masks, head and label metadata in place (see
+    :meth:`forward`).
+
+    ``state_dict()`` names every tensor once (the active head lives in the base model and in
+    the per-task store), so ``transformers.Trainer`` and safetensors can save it, and
+    ``load_state_dict`` restores it exactly.
 
     Attributes:
         base_model: The wrapped timm / transformers model (its targeted layers replaced by
@@ -53,7 +61,18 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
         active_adapter: The adapter in use, or ``None`` for the plain base.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    #: ``transformers.Trainer`` reads this: the loss :meth:`forward` returns is a batch mean,
+    #: so Trainer scales it for gradient accumulation and passes no ``num_items_in_batch``.
+    accepts_loss_kwargs = False
+    # Read by transformers.Trainer after loading a checkpoint: no key is left out on purpose.
+    _keys_to_ignore_on_save: list[str] | None = None
+
+    def __init__(
+        self,
+        model: nn.Module,
+        peft_config: AdapterConfig | None = None,
+        adapter_name: str = "default",
+    ) -> None:
         if isinstance(model, PiggybackModel):
             raise TypeError("the model is already a PiggybackModel; use add_adapter on it")
         super().__init__()
@@ -72,9 +91,20 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
         self._base_labels = get_label_state(model)
         self._head_paths = find_head_paths(model)
         self._fingerprint_cache: tuple[tuple[Any, ...], str] | None = None
+        self._base_requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+        # merge_adapter: layer path -> the original weight the merged one stands in for
+        self._unmerged_weights: dict[str, nn.Parameter] = {}
+        self._merged_adapter: str | None = None
+        self._originals_in_place = False
+        self._is_transformers = model_family(model) == "transformers"
         for param in model.parameters():
             param.requires_grad_(False)
+        register_state_hooks(self)
+        if self._is_transformers:
+            register_pipeline_support(type(self).__name__)
         self.train(model.training)  # a base in eval mode stays in eval mode
+        if peft_config is not None:
+            self.add_adapter(adapter_name, peft_config)
 
     # ------------------------------------------------------------------ passthrough
     def __getattr__(self, name: str) -> Any:
@@ -83,19 +113,61 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
         except AttributeError:
             if name == "base_model":
                 raise
+        try:
             return getattr(self.base_model, name)
+        except AttributeError:
+            raise AttributeError(
+                f"'{type(self).__name__}' object has no attribute '{name}'"
+            ) from None
 
-    def forward(self, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Any:
+    def forward(
+        self,
+        *args: Any,
+        pixel_values: Tensor | None = None,
+        labels: Tensor | None = None,
+        adapter_names: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Call the base model with the active adapter in place.
 
+        Called the way the base is called, the wrapper returns what the base returns: timm
+        ``model(images)`` gives logits, transformers ``model(pixel_values=...)`` an
+        ``ImageClassifierOutput``. Called the Hugging Face way (``pixel_values=``, or with
+        ``labels=``), a timm or torch base gives an ``ImageClassifierOutput`` too, so
+        ``transformers.Trainer`` trains on every base.
+
         Args:
+            pixel_values: The images (the keyword transformers' tools pass).
+            labels: Targets; the output then holds ``loss`` as transformers computes it (cross
+                entropy for class indices, binary cross entropy for multi-label targets, mean
+                squared error for one output). A transformers base computes it itself.
             adapter_names: For a mixed-task batch in eval mode, the adapter of each sample
                 (``BASE_ADAPTER_NAME`` for the plain base). Each sample gets exactly what its task
                 gives; logits of tasks with fewer classes are padded with ``-inf``.
         """
+        if pixel_values is not None and args:
+            raise TypeError("pass the images positionally or as pixel_values=, not both")
+        if adapter_names is not None:
+            self._require_unmerged("mix tasks with adapter_names=")
+            if labels is not None:
+                raise PbAdaptersError(
+                    "adapter_names= mixes tasks for inference only; it takes no labels="
+                )
+        if self._is_transformers:
+            # transformers bases take both keywords and compute their own loss.
+            if pixel_values is not None:
+                kwargs["pixel_values"] = pixel_values
+            if labels is not None:
+                kwargs["labels"] = labels
+        elif pixel_values is not None:
+            args = (pixel_values,)
         if adapter_names is None:
-            return self.base_model(*args, **kwargs)
-        return self._mixed_forward(list(adapter_names), args, kwargs)
+            output = self.base_model(*args, **kwargs)
+        else:
+            output = self._mixed_forward(list(adapter_names), args, kwargs)
+        if self._is_transformers or (pixel_values is None and labels is None):
+            return output
+        return classification_output(output, labels)
 
     def _mixed_forward(
         self, names: list[str], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -133,6 +205,15 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
     def family(self) -> str:
         """``"timm"``, ``"transformers"`` or ``"torch"``."""
         return model_family(self.base_model)
+
+    @property
+    def active_adapters(self) -> list[str]:
+        """The active adapter as a list (empty for none), as PEFT reports it."""
+        return [self.active_adapter] if self.active_adapter is not None else []
+
+    def get_base_model(self) -> nn.Module:
+        """The base model, with the adapter layers in it (as PEFT's ``get_base_model``)."""
+        return self.base_model
 
     @property
     def head_paths(self) -> list[str]:
@@ -204,11 +285,20 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
         label2id = config.label2id or {v: k for k, v in id2label.items()}
         return LabelState(config.num_labels, dict(id2label), dict(label2id))
 
-    def add_adapter(self, adapter_name: str, config: AdapterConfig) -> None:
+    def add_adapter(
+        self,
+        adapter_name: str,
+        config: AdapterConfig | None = None,
+        *,
+        peft_config: AdapterConfig | None = None,
+    ) -> None:
         """Add a new, trainable adapter (masks at their start state, a fresh head).
 
         Like PEFT, this does not make the new adapter active; call :meth:`set_adapter`.
+        ``peft_config=`` is PEFT's name for ``config``.
         """
+        config = _one_config(config, peft_config)
+        self._require_unmerged("add an adapter")
         validate_adapter_name(adapter_name)
         if not isinstance(config, AdapterConfig):
             raise ConfigError(f"config must be an AdapterConfig, got {type(config).__name__}")
@@ -256,7 +346,8 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
         previous = self.active_adapter
         try:
             self._install(None)  # inside the try: a swap failing part way is put back too
-            yield
+            with self._original_weights():
+                yield
         finally:
             self._install(previous)
 
@@ -265,6 +356,7 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
 
         Only the active adapter's parameters are trainable.
         """
+        self._require_unmerged("set_adapter")
         self._require_adapter(adapter_name)
         for _, layer in self.adapter_layers():
             layer.set_adapter(adapter_name if adapter_name in layer.adapter_names else None)
@@ -292,6 +384,7 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter and everything it holds; another loaded adapter becomes active."""
+        self._require_unmerged("delete an adapter")
         self._require_adapter(adapter_name)
         for _, layer in self.adapter_layers():
             if adapter_name in layer.adapter_names:
@@ -319,6 +412,7 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[PiggybackModel]:
         """Within the block the model is the plain base model, with the base head."""
+        self._require_unmerged("disable_adapter")
         previous = self.active_adapter
         layers = [layer for _, layer in self.adapter_layers()]
         for layer in layers:
@@ -333,49 +427,6 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
             if previous is not None:
                 self.set_adapter(previous)
 
-    def merge_and_unload(
-        self, adapter_name: str | None = None, *, inplace: bool = False
-    ) -> nn.Module:
-        """A plain model of the base's own class with the adapter's masks applied and its head.
-
-        The result is a timm model or transformers ``PreTrainedModel`` like the base, usable with
-        their own tooling (``save_pretrained``, ``timm`` checkpoints). With ``inplace=False``
-        (the default) the result is an independent copy and the wrapper and its other adapters
-        stay intact; ``inplace=True`` unwraps this model's base instead (no copy; the wrapper is
-        not usable afterwards).
-        """
-        name = self._named_or_active(
-            adapter_name, "no adapter to merge: pass adapter_name or set_adapter first"
-        )
-        previous = self.active_adapter
-        self.set_adapter(name)
-        try:
-            memo: dict[int, Any] = {}
-            replacements: dict[str, nn.Module] = {}
-            for path, layer in self.adapter_layers():
-                base_layer = layer.base_layer
-                inner: dict[int, Any] = {}
-                if name in layer.adapter_names:
-                    with torch.no_grad():
-                        merged = layer.inference_weight(name).detach().clone()
-                    inner[id(base_layer.weight)] = nn.Parameter(merged)
-                if inner or not inplace:
-                    base_layer = copy.deepcopy(base_layer, inner)
-                memo[id(layer)] = base_layer
-                replacements[path] = base_layer
-            if inplace:
-                model = self.base_model
-                for path, plain in replacements.items():
-                    set_submodule(model, path, plain)
-            else:
-                model = copy.deepcopy(self.base_model, memo)  # adapter layers map to plain ones
-        finally:
-            if not inplace and previous is not None:
-                self.set_adapter(previous)
-        for param in model.parameters():
-            param.requires_grad_(True)  # a plain model, as timm / transformers create it
-        return model
-
     # ------------------------------------------------------------------ training helpers
     def train(self, mode: bool = True) -> PiggybackModel:
         """Set training mode; norm layers the active task does not train stay in eval mode.
@@ -383,6 +434,8 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
         Frozen BatchNorm in eval mode keeps its running statistics untouched, as in the official
         piggyback code.
         """
+        if mode:
+            self._require_unmerged("train")
         super().train(mode)
         if mode:
             trained = set()
@@ -485,15 +538,30 @@ class PiggybackModel(LoadingMixin, SavingMixin, StatsMixin, IdentityMixin, nn.Mo
         return wrapper
 
 
+def _one_config(config: AdapterConfig | None, peft_config: AdapterConfig | None) -> AdapterConfig:
+    """The config passed as ``config`` or under PEFT's name ``peft_config``."""
+    if config is not None and peft_config is not None:
+        raise ConfigError("pass the adapter config once, as config= or as peft_config=")
+    if config is None and peft_config is None:
+        raise ConfigError("an adapter config is required (config= or peft_config=)")
+    return config if config is not None else peft_config  # type: ignore[return-value]
+
+
 def get_piggyback_model(
-    model: nn.Module, config: AdapterConfig, adapter_name: str = "default"
+    model: nn.Module,
+    config: AdapterConfig | None = None,
+    adapter_name: str = "default",
+    *,
+    peft_config: AdapterConfig | None = None,
 ) -> PiggybackModel:
     """Inject adapter layers into ``model`` and return the wrapper with ``adapter_name`` active.
 
     The base weights are frozen; the new adapter's masks start at their initial state (for
     piggyback: all ones, so the outputs equal the base model's) and its head is fresh when
-    ``config.num_labels`` is set.
+    ``config.num_labels`` is set. ``peft_config=`` is PEFT's name for ``config``
+    (``get_peft_model(model, peft_config)``).
     """
+    config = _one_config(config, peft_config)
     if isinstance(model, PiggybackModel):
         model.add_adapter(adapter_name, config)
         model.set_adapter(adapter_name)

@@ -10,7 +10,7 @@ Typical use::
     splits.set_transforms(*build_transforms(model, image_size=224))
     result = PiggybackTrainer(model, TrainingArguments(output_dir="out"), splits=splits).train()
 
-The command line behind ``examples/train.py`` lives in :mod:`pb_adapters.training.cli_args`.
+The command line behind ``examples/train.py`` lives in :mod:`pb_adapters.training.cli`.
 """
 
 from pb_adapters.training.data import (

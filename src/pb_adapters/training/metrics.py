@@ -88,6 +88,16 @@ class ClassificationMetrics:
             self.hits[i] += round(float(sums[1 + i]))
         self.count += int(row.shape[0])
 
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums as a JSON-ready dict (checkpoints of an unfinished epoch)."""
+        return {"loss_sum": self.loss_sum, "hits": list(self.hits), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from sums saved by :meth:`state_dict`."""
+        self.loss_sum = state["loss_sum"]
+        self.hits = list(state["hits"])
+        self.count = state["count"]
+
     def compute(self) -> dict[str, float]:
         """``{"loss", "top<k>" for each k, "num_samples"}``; accuracies are fractions in [0, 1]."""
         n = max(self.count, 1)

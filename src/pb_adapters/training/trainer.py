@@ -28,36 +28,61 @@ the batches the interrupted epoch had already used.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
 import os
-import random
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pb_adapters.mask_coding import MASK_ENCODINGS
 from pb_adapters.registry import get_method
+from pb_adapters.training.arguments import TRAIN_MODES, TrainingArguments, TrainMode, TrainResult
 from pb_adapters.training.checkpoints import (
-    clear_leftovers,
-    commit_folder,
-    complete_checkpoints,
-    remove_folder,
+    CHECKPOINTS_DIR,
+    latest_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
 )
-from pb_adapters.training.data import DatasetSplits, default_num_workers
+from pb_adapters.training.data import DatasetSplits, build_dataloader, default_eval_batch_size
+from pb_adapters.training.data.loaders import EpochSampler, default_num_workers
+from pb_adapters.training.data.stream_loader import (
+    StreamLoader,
+    evaluate_stream,
+    stream_batches_per_epoch,
+)
+from pb_adapters.training.data.streaming import is_streamed
 from pb_adapters.training.metrics import ClassificationMetrics
+from pb_adapters.training.modeling import (
+    forward_logits,
+    head_modules,
+    prepare_baseline_model,
+    set_head_only_train_mode,
+    uses_pixel_values,
+)
+from pb_adapters.training.run_state import (
+    RunState,
+    load_rng_state,
+    rng_state,
+    rng_state_file,
+    set_rng_state,
+)
+from pb_adapters.training.sharding import (
+    check_supported,
+    full_parameters,
+    keep_weights_sharded,
+    load_best_slice,
+    local_tensor,
+    reshard,
+    uses_fsdp,
+)
 from pb_adapters.utils.files import atomic_write_bytes
 
 __all__ = [
@@ -68,170 +93,11 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingArguments",
+    "forward_logits",
     "latest_checkpoint",
+    "make_accelerator",
     "prepare_baseline_model",
 ]
-
-TrainMode = Literal["adapter", "finetune", "head"]
-#: The supported values of ``TrainingArguments.train_mode``.
-TRAIN_MODES: tuple[str, ...] = ("adapter", "finetune", "head")
-#: Sub-folder of ``output_dir`` holding the training checkpoints.
-CHECKPOINTS_DIR = "checkpoints"
-_STATE_FILE = "trainer_state.json"
-_BEST_FILE = "best_state.safetensors"
-
-
-@dataclass
-class TrainingArguments:
-    """Everything that controls a training run.
-
-    Attributes:
-        output_dir: where metrics, results and the artifact are written.
-        train_mode: ``"adapter"`` (the model's adapter: masks + head), ``"finetune"`` (all
-            weights) or ``"head"``.
-        num_epochs: passes over the training split (official piggyback: 30).
-        batch_size: per-process training batch size (official: 32).
-        eval_batch_size: per-process evaluation batch size (default: max(batch_size, 64)).
-        gradient_accumulation_steps: batches per optimiser step.
-        mask_lr / head_lr / norm_lr: learning rates of the parameter groups; ``None`` takes the
-            adapter config's values (piggyback defaults 1e-4) or 1e-4 for baselines.
-        backbone_lr: learning rate of the backbone weights in ``finetune`` mode.
-        weight_decay: weight decay of the optimiser (official piggyback: none).
-        optimizer: ``"adam"`` (piggyback's) or ``"sgd"`` (with ``momentum``; PackNet's).
-        momentum: SGD momentum (``optimizer="sgd"`` only).
-        lr_scheduler: ``"step"`` (x ``decay_factor`` at ``decay_epoch``), ``"cosine"`` or
-            ``"constant"``.
-        decay_epoch: when the step decay happens, in (fractional) epochs; default: the midpoint.
-        decay_factor: the step decay's factor.
-        max_grad_norm: clip the gradient norm to this value (``None``: no clipping).
-        seed: seeds Python, NumPy and torch (model init, shuffling, augmentation).
-        mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``, handed to Accelerate;
-            ``None`` takes Accelerate's configuration (``accelerate config`` or ``accelerate
-            launch --mixed_precision``), else ``"no"``. Mask scores stay float32 either way.
-        num_workers: data loader workers per process (default: CPUs - 1, at most 8).
-        max_steps_per_epoch: stop each epoch after this many batches (quick runs, tests).
-        save_artifact: save the adapter with ``save_pretrained`` at the end (adapter mode).
-        mask_encoding: how the artifact stores masks: ``"ans"`` (entropy-coded, format 2) or
-            ``"bitpack"`` (1 bit per weight, format 1, readable by older releases).
-        metrics_file: JSON-lines file (inside ``output_dir``) receiving one line per epoch and
-            one for the test result.
-        disable_progress_bar: no tqdm bar (the per-epoch summary lines are still printed).
-        cpu: force CPU even when an accelerator is available.
-        save_steps: also write a checkpoint every this many optimiser steps (``None``: only at
-            the end of each epoch and on ``KeyboardInterrupt``).
-        save_epoch_checkpoints: write a checkpoint at the end of every epoch.
-        save_total_limit: keep only this many most recent checkpoints (``None``: keep all).
-        resume_from_checkpoint: a checkpoint folder, or ``"latest"`` for the newest one under
-            ``<output_dir>/checkpoints``, to continue training from.
-        report_to: experiment trackers to log to through Accelerate: ``"auto"`` (TensorBoard when
-            installed, hosted trackers when their environment is configured), ``"all"``,
-            ``"none"``, or tracker names (see :mod:`pb_adapters.training.tracking`). TensorBoard
-            logs go to ``<output_dir>/<method>``.
-        logging_steps: log the running training loss and learning rates to the trackers every
-            this many optimiser steps (epoch metrics are logged at the end of every epoch).
-        push_to_hub: a Hub repository id (``user/my-task``) to upload the artifact, its model
-            card and the training curves to at the end (adapter mode; the token comes from
-            ``huggingface-cli login`` or ``HF_TOKEN``).
-        hub_private: create the repository private (only used when it does not exist yet).
-    """
-
-    output_dir: str = "outputs/run"
-    train_mode: TrainMode = "adapter"
-    num_epochs: int = 30
-    batch_size: int = 32
-    eval_batch_size: int | None = None
-    gradient_accumulation_steps: int = 1
-    mask_lr: float | None = None
-    head_lr: float | None = None
-    norm_lr: float | None = None
-    backbone_lr: float = 1e-4
-    weight_decay: float = 0.0
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = 0.9
-    lr_scheduler: Literal["step", "cosine", "constant"] = "step"
-    decay_epoch: float | None = None
-    decay_factor: float = 0.1
-    max_grad_norm: float | None = None
-    seed: int = 0
-    mixed_precision: str | None = None
-    num_workers: int | None = None
-    max_steps_per_epoch: int | None = None
-    save_artifact: bool = True
-    mask_encoding: str = "ans"
-    metrics_file: str = "metrics.jsonl"
-    disable_progress_bar: bool = False
-    cpu: bool = False
-    save_steps: int | None = None
-    save_epoch_checkpoints: bool = True
-    save_total_limit: int | None = 2
-    resume_from_checkpoint: str | None = None
-    report_to: str | list[str] = "auto"
-    logging_steps: int = 10
-    push_to_hub: str | None = None
-    hub_private: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.train_mode not in TRAIN_MODES:
-            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
-        if self.mask_encoding not in MASK_ENCODINGS:
-            raise ValueError(f"mask_encoding must be one of {MASK_ENCODINGS}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be adam or sgd, got {self.optimizer!r}")
-        if self.lr_scheduler not in ("step", "cosine", "constant"):
-            raise ValueError(
-                f"lr_scheduler must be step, cosine or constant, got {self.lr_scheduler!r}"
-            )
-        for name in ("num_epochs", "batch_size", "gradient_accumulation_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError("max_steps_per_epoch must be >= 1 or None")
-        if int(self.logging_steps) < 1:
-            raise ValueError(f"logging_steps must be >= 1, got {self.logging_steps!r}")
-        if self.push_to_hub is not None and self.train_mode != "adapter":
-            raise ValueError(
-                "push_to_hub uploads an adapter artifact: it needs train_mode='adapter'"
-            )
-        for name in ("save_steps", "save_total_limit"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The arguments as a JSON-ready dict."""
-        return asdict(self)
-
-
-@dataclass
-class TrainResult:
-    """What :meth:`PiggybackTrainer.train` returns.
-
-    Attributes:
-        best_epoch: the epoch (1-based) whose state was restored.
-        validation: validation metrics of the best epoch (``loss``, ``top1``, ``top5``, ...).
-        test: test metrics of the restored model (empty without a test split).
-        history: one dict per epoch (train loss/accuracy, validation metrics, lr, time).
-        train_seconds: wall time of the training loop (evaluation included, saving excluded).
-        artifact_dir: the saved adapter folder (adapter mode with ``save_artifact``), else None.
-    """
-
-    best_epoch: int
-    validation: dict[str, float]
-    test: dict[str, float]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    train_seconds: float = 0.0
-    artifact_dir: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        out = asdict(self)
-        out["artifact_dir"] = str(self.artifact_dir) if self.artifact_dir else None
-        return out
-
-
-# --------------------------------------------------------------------------------------------
-# Model helpers
-# --------------------------------------------------------------------------------------------
 
 
 def _tracker_values(record: dict[str, Any]) -> dict[str, float]:
@@ -243,234 +109,6 @@ def _tracker_values(record: dict[str, Any]) -> dict[str, float]:
         split, _, metric = key.partition("_")
         values[f"{split}/{metric}" if metric and split in ("train", "val", "test") else key] = value
     return values
-
-
-def _inner_model(model: nn.Module) -> nn.Module:
-    """The timm / transformers model under DDP, ``torch.compile`` and PiggybackModel wrappers."""
-    from pb_adapters.training.data import _unwrap
-
-    return _unwrap(model)
-
-
-def _is_transformers(model: nn.Module) -> bool:
-    from pb_adapters.targeting import model_family
-
-    return model_family(_inner_model(model)) == "transformers"
-
-
-def forward_logits(model: nn.Module, images: torch.Tensor, transformers_api: bool) -> torch.Tensor:
-    """Class scores of ``model`` for ``images``: ``model(x)`` for timm/torch models,
-    ``model(pixel_values=x).logits`` for transformers models."""
-    out = model(pixel_values=images) if transformers_api else model(images)
-    logits = getattr(out, "logits", out)
-    if isinstance(logits, (tuple, list)):  # e.g. distilled timm models in train mode
-        logits = logits[0]
-    return logits
-
-
-def _head_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from pb_adapters.targeting import find_head_paths
-
-    paths = find_head_paths(model)
-    if not paths:
-        raise ValueError(
-            f"cannot find the classifier head of {type(model).__name__}; baselines need a timm "
-            "model (pretrained_cfg['classifier']) or a transformers *ForImageClassification model"
-        )
-    return [(p, model.get_submodule(p)) for p in paths]
-
-
-def prepare_baseline_model(
-    model: nn.Module, num_labels: int, id2label: dict[int, str] | None = None
-) -> nn.Module:
-    """Give a plain timm / transformers model a fresh head of ``num_labels`` classes, in place.
-
-    Used for the ``finetune`` and ``head`` baselines. The label metadata (timm ``num_classes``,
-    transformers ``num_labels``/``id2label``/``label2id``) is updated to match.
-    """
-    from pb_adapters.heads import LabelState, create_task_head, set_label_state
-
-    for path, _ in _head_modules(model):
-        model.set_submodule(path, create_task_head(model, path, num_labels))
-    id2label = dict(id2label) if id2label else {i: str(i) for i in range(num_labels)}
-    set_label_state(model, LabelState(num_labels, id2label, {v: k for k, v in id2label.items()}))
-    if isinstance(getattr(model, "pretrained_cfg", None), dict):
-        model.pretrained_cfg = {**model.pretrained_cfg, "num_classes": num_labels}
-    return model
-
-
-def _set_head_only_train_mode(model: nn.Module, head_names: Iterable[str]) -> None:
-    """Everything in eval mode (frozen norms, no dropout/drop-path in the frozen backbone) except
-    the head modules."""
-    model.eval()
-    model.training = True  # timm applies head dropout depending on the model's own flag
-    for name in head_names:
-        model.get_submodule(name).train()
-
-
-def _rng_state() -> dict[str, Any]:
-    """The global RNG states (Python, NumPy, torch, CUDA) at this moment."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class _EpochSampler(torch.utils.data.Sampler[int]):
-    """Shuffles with a generator seeded by ``(seed, epoch)`` and yields ``epoch * n + index``.
-
-    The epoch travels inside the index (decoded by :class:`_SeededItems`) so that persistent
-    worker processes, which never see attribute changes made here, still know it.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def use_epoch(self, epoch: int) -> None:
-        """Shuffle for ``epoch`` (0-based) on the next iteration."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        gen = torch.Generator()
-        gen.manual_seed(self.seed * 1_000_003 + self.epoch)
-        offset = self.epoch * self.size
-        return iter((offset + torch.randperm(self.size, generator=gen)).tolist())
-
-
-class _SeededItems(Dataset):
-    """Gives every training item its own RNG seed, ``f(seed, epoch, index)``.
-
-    Random augmentation then does not depend on the global RNG's history, which Accelerate's
-    prefetching loader interleaves with the model's own random draws: this is what makes a
-    resumed run (and one with any number of workers) see exactly the same augmented images.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, token: int) -> Any:
-        size = len(self.dataset)  # type: ignore[arg-type]
-        epoch, index = divmod(int(token), size)
-        item_seed = (self.seed * 1_000_003 + epoch) * 100_000_007 + index
-        py_state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
-            random.seed(item_seed)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(py_state)
-
-
-class _SharedTaskModuleFilter(logging.Filter):
-    """Drops Accelerate's notice about the task head being registered under two names.
-
-    The active task's head (and norms) live both in the base model and in the wrapper's
-    ``task_modules``; Accelerate saves the tensor once and says so. That is expected here.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("Removed shared tensor" in message and "task_modules." in message)
-
-
-@contextlib.contextmanager
-def _quiet_shared_tensor_notice() -> Iterator[None]:
-    log = logging.getLogger("accelerate.utils.other")
-    notice_filter = _SharedTaskModuleFilter()
-    log.addFilter(notice_filter)
-    try:
-        yield
-    finally:
-        log.removeFilter(notice_filter)
-
-
-def _save_rng_state(path: Path) -> None:
-    """Write the global RNG states as safetensors (tensors + string metadata, no pickle).
-
-    Accelerate's own RNG file is a pickle that recent torch refuses to load with
-    ``weights_only=True`` (it then silently skips it), so the trainer keeps its own copy.
-    """
-    from safetensors.torch import save_file
-
-    state = _rng_state()
-    version, keys, gauss = state["python"]
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
-    tensors = {
-        "torch": state["torch"],
-        "python": torch.tensor(keys, dtype=torch.int64),
-        "numpy": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-    }
-    for i, cuda_state in enumerate(state.get("cuda", [])):
-        tensors[f"cuda_{i}"] = cuda_state
-    meta = {
-        "python_version": str(version),
-        "python_gauss": json.dumps(gauss),
-        "numpy": json.dumps([np_name, int(np_pos), int(np_has_gauss), float(np_gauss)]),
-    }
-    save_file(tensors, path, metadata=meta)
-
-
-def _load_rng_state(path: Path) -> None:
-    """Restore the RNG states written by :func:`_save_rng_state`."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as fh:
-        meta = fh.metadata()
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
-    np_name, np_pos, np_has_gauss, np_gauss = json.loads(meta["numpy"])
-    state: dict[str, Any] = {
-        "python": (
-            int(meta["python_version"]),
-            tuple(int(v) for v in tensors["python"].tolist()),
-            json.loads(meta["python_gauss"]),
-        ),
-        "numpy": (
-            np_name,
-            tensors["numpy"].numpy().astype(np.uint32),
-            np_pos,
-            np_has_gauss,
-            np_gauss,
-        ),
-        "torch": tensors["torch"],
-    }
-    cuda = [tensors[f"cuda_{i}"] for i in range(len(tensors)) if f"cuda_{i}" in tensors]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        state["cuda"] = cuda
-    _set_rng_state(state)
-
-
-def latest_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint under ``<output_dir>/checkpoints`` (None if there is none).
-
-    Folders still being written or deleted (``.tmp-*``, ``.old-*``) or missing the trainer's
-    JSON state are ignored.
-    """
-    done = complete_checkpoints(Path(output_dir) / CHECKPOINTS_DIR, _STATE_FILE)
-    return done[-1] if done else None
-
-
-# --------------------------------------------------------------------------------------------
-# The trainer
-# --------------------------------------------------------------------------------------------
 
 
 def make_accelerator(args: TrainingArguments) -> Any:
@@ -488,6 +126,40 @@ def make_accelerator(args: TrainingArguments) -> Any:
         log_with=trackers or None,
         project_dir=args.output_dir if trackers else None,
     )
+
+
+def _raw_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimiser under Accelerate's wrapper."""
+    return optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+
+
+@dataclass
+class _Run:
+    """One :meth:`PiggybackTrainer.train` call: its prepared objects and where it stands."""
+
+    model: nn.Module  # as prepared by Accelerate (DDP in several processes)
+    unwrapped: nn.Module
+    optimizer: Any  # Accelerate's wrapper
+    scheduler: Any
+    train_loader: DataLoader | StreamLoader
+    sampler: EpochSampler | None  # None for a streamed training split
+    val_loader: DataLoader | None
+    test_loader: DataLoader | None
+    groups: list[dict[str, Any]]
+    batches: int  # per epoch, after max_steps_per_epoch
+    steps_per_epoch: int
+    total_steps: int
+    state: RunState = field(default_factory=RunState)
+    tracking: bool = False
+    bar: Any = None
+    # the epoch in progress: running training metrics, learning rates at its start, when it
+    # began, and the random states right after the last optimiser step (for Ctrl-C)
+    train_metrics: ClassificationMetrics = field(
+        default_factory=lambda: ClassificationMetrics((1,))
+    )
+    epoch_lrs: dict[str, float] = field(default_factory=dict)
+    epoch_start: float = 0.0
+    rng_at_step: dict[str, Any] = field(default_factory=dict)
 
 
 class PiggybackTrainer:
@@ -518,7 +190,6 @@ class PiggybackTrainer:
         dataset_name: str | None = None,
         accelerator: Any = None,
     ) -> None:
-
         if splits is not None:
             train_dataset = train_dataset or splits.train
             eval_dataset = eval_dataset or splits.validation
@@ -533,7 +204,7 @@ class PiggybackTrainer:
         self.test_dataset = test_dataset
         self.dataset_name = dataset_name
         self.accelerator = accelerator or make_accelerator(args)
-        self.transformers_api = _is_transformers(model)
+        self.transformers_api = uses_pixel_values(model)
         if args.train_mode == "adapter" and not hasattr(model, "parameter_groups"):
             raise TypeError(
                 "train_mode='adapter' needs a PiggybackModel (get_piggyback_model(base, config)); "
@@ -545,6 +216,7 @@ class PiggybackTrainer:
             )
         self.output_dir = Path(args.output_dir)
         self._head_names: list[str] = []
+        self._stream: StreamLoader | None = None  # the training stream of a streamed run
 
     @property
     def run_label(self) -> str:
@@ -592,7 +264,7 @@ class PiggybackTrainer:
                 if params:
                     groups.append({"name": name, "params": params, "lr": self._lr(name)})
         else:
-            heads = _head_modules(model)
+            heads = head_modules(model)
             self._head_names = [n for n, _ in heads]
             head_ids = {id(p) for _, m in heads for p in m.parameters()}
             head_params = [p for _, m in heads for p in m.parameters()]
@@ -620,30 +292,10 @@ class PiggybackTrainer:
         milestone = max(1, round(decay_epoch * steps_per_epoch))
         return lambda step: args.decay_factor if step >= milestone else 1.0
 
-    # ---------------------------------------------------------------- loops
-    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader | None:
-        if dataset is None:
-            return None
-        workers = (
-            self.args.num_workers if self.args.num_workers is not None else default_num_workers()
-        )
-        extra: dict[str, Any] = {"num_workers": workers}
-        if workers > 0:
-            extra["persistent_workers"] = True
-        if train:
-            sampler = _EpochSampler(len(dataset), self.args.seed)  # type: ignore[arg-type]
-            return DataLoader(
-                _SeededItems(dataset, self.args.seed),
-                batch_size=self.args.batch_size,
-                sampler=sampler,
-                **extra,
-            )
-        bs = self.args.eval_batch_size or max(self.args.batch_size, 64)
-        return DataLoader(dataset, batch_size=bs, shuffle=False, **extra)
-
+    # ---------------------------------------------------------------- evaluation
     def _set_train_mode(self, model: nn.Module) -> None:
         if self.args.train_mode == "head":
-            _set_head_only_train_mode(self.accelerator.unwrap_model(model), self._head_names)
+            set_head_only_train_mode(self.accelerator.unwrap_model(model), self._head_names)
         else:
             model.train()  # PiggybackModel keeps frozen norm layers in eval mode itself
 
@@ -656,13 +308,16 @@ class PiggybackTrainer:
         A dataset is wrapped in a loader first. Results are gathered over all processes.
         """
         acc = self.accelerator
+        model = model if model is not None else self.model
+        if is_streamed(loader):  # each process reads its own part of a streamed split
+            stream = loader if isinstance(loader, StreamLoader) else self._loader(loader, False)
+            return evaluate_stream(stream, model, acc, self._set_train_mode)  # type: ignore[arg-type]
         if not isinstance(loader, DataLoader):
             loader = acc.prepare_data_loader(self._loader(loader, train=False))
-        model = model if model is not None else self.model
         was_training = model.training
         model.eval()
         metrics = ClassificationMetrics(ks=(1, 5))
-        transformers_api = _is_transformers(model)
+        transformers_api = uses_pixel_values(model)
         for images, labels in loader:
             with acc.autocast():
                 logits = forward_logits(model, images, transformers_api)
@@ -672,6 +327,7 @@ class PiggybackTrainer:
         return metrics.compute()
 
     def _snapshot(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        reshard(model)  # FSDP: this process's slices, not the outer unit's gathered weights
         state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         for n, b in model.named_buffers():
             if b.is_floating_point() or n.endswith("num_batches_tracked"):
@@ -680,12 +336,13 @@ class PiggybackTrainer:
 
     @staticmethod
     def _restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        reshard(model)
         params = dict(model.named_parameters())
         buffers = dict(model.named_buffers())
         with torch.no_grad():
             for key, value in state.items():
                 target = buffers[key[7:]] if key.startswith("buffer:") else params[key]
-                target.copy_(value)
+                local_tensor(target).copy_(local_tensor(value))  # FSDP: this process's slice
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
@@ -695,55 +352,31 @@ class PiggybackTrainer:
     # ---------------------------------------------------------------- checkpoints
     def resolve_checkpoint(self, reference: str | os.PathLike[str]) -> Path:
         """The checkpoint folder ``reference`` names: a path, or ``"latest"`` under ``output_dir``."""
-        if str(reference) == "latest":
-            found = latest_checkpoint(self.output_dir)
-            if found is None:
-                raise FileNotFoundError(
-                    f"no checkpoint to resume from in {self.output_dir / CHECKPOINTS_DIR}; "
-                    "train without resume_from_checkpoint first"
-                )
-            return found
-        path = Path(reference)
-        if not (path / _STATE_FILE).is_file():
-            raise FileNotFoundError(
-                f"{path} is not a complete checkpoint (no {_STATE_FILE}); pass a "
-                f"{CHECKPOINTS_DIR}/step-XXXXXXXX folder or 'latest'"
-            )
-        return path
+        return resolve_checkpoint(self.output_dir, reference)
 
-    def _save_checkpoint(
-        self, state: dict[str, Any], best_state: dict[str, torch.Tensor] | None
-    ) -> Path:
-        """Write a checkpoint under a temporary name, then rename it: a crash mid-save never
-        leaves a half-written folder that ``latest`` would pick."""
-        from safetensors.torch import save_file
+    def _save_checkpoint(self, state: RunState) -> Path:
+        stream, index = self._stream, self.accelerator.process_index
+        return save_checkpoint(
+            self.accelerator,
+            self.output_dir,
+            state,
+            args=self.args.to_dict(),
+            save_total_limit=self.args.save_total_limit,
+            write_extra=None
+            if stream is None
+            else lambda folder: stream.save_state(folder, index, state.batches_in_epoch),
+        )
 
-        acc = self.accelerator
-        root = self.output_dir / CHECKPOINTS_DIR
-        name = f"step-{state['global_step']:08d}"
-        tmp = root / f".tmp-{name}"
-        if acc.is_main_process:
-            clear_leftovers(root)  # folders of a killed save, never complete checkpoints
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        with _quiet_shared_tensor_notice():
-            acc.save_state(str(tmp))
-        _save_rng_state(tmp / f"rng_state_{acc.process_index}.safetensors")
-        if acc.is_main_process:
-            if best_state is not None:
-                save_file(
-                    {k: v.contiguous().cpu() for k, v in best_state.items()}, tmp / _BEST_FILE
-                )
-            # the JSON state is written last: its presence marks a complete checkpoint
-            (tmp / _STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-            commit_folder(tmp, root / name)
-            limit = self.args.save_total_limit
-            done = complete_checkpoints(root, _STATE_FILE)
-            if limit is not None:
-                for old in done[: max(0, len(done) - limit)]:
-                    remove_folder(old)
-        acc.wait_for_everyone()
-        return root / name
+    def _checkpoint_state(self, run: _Run, batches: int, *, unfinished: bool) -> RunState:
+        """The run's state as a checkpoint records it: ``batches`` of the epoch done, and the
+        epoch's running metrics when its record is not in the history yet."""
+        partial = {**run.train_metrics.state_dict(), "lrs": run.epoch_lrs} if unfinished else None
+        return replace(
+            run.state,
+            batches_in_epoch=batches,
+            accelerate_step=self.accelerator.step,
+            partial=partial,
+        )
 
     # ---------------------------------------------------------------- training
     def train(self) -> TrainResult:
@@ -753,9 +386,9 @@ class PiggybackTrainer:
         ``KeyboardInterrupt`` a checkpoint is saved, then the exception propagates.
         """
         from accelerate.utils import set_seed
-        from tqdm.auto import tqdm
 
         args, acc = self.args, self.accelerator
+        check_supported(acc)
         set_seed(args.seed)
         resume = (
             self.resolve_checkpoint(args.resume_from_checkpoint)
@@ -765,6 +398,45 @@ class PiggybackTrainer:
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / args.metrics_file).write_text("", encoding="utf-8")
+        run = self._prepare()
+        if resume is not None:
+            run.state = self._resume(resume)
+        self._start(run)
+        start = time.perf_counter()
+        run.rng_at_step = rng_state()
+        try:
+            self._train_epochs(run)
+        except KeyboardInterrupt:
+            run.bar.close()
+            self._save_interrupted(run)
+            if run.tracking:
+                acc.end_training()
+            raise
+        run.bar.close()
+        return self._finish(run, start)
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader | None:
+        if dataset is None:
+            return None
+        args = self.args
+        batch_size = args.batch_size
+        if not train:
+            batch_size = args.eval_batch_size or default_eval_batch_size(args.batch_size)
+        if is_streamed(dataset):  # read by this process alone: Accelerate does not shard it
+            acc = self.accelerator
+            workers = default_num_workers() if args.num_workers is None else args.num_workers
+            return StreamLoader(
+                dataset, batch_size, train=train, rank=acc.process_index,
+                world_size=acc.num_processes, num_workers=workers, device=acc.device,
+                keep=args.gradient_accumulation_steps + 1,
+            )  # type: ignore[return-value]  # fmt: skip
+        return build_dataloader(
+            dataset, batch_size, train=train, seed=args.seed, num_workers=args.num_workers
+        )
+
+    def _prepare(self) -> _Run:
+        """Optimiser, loaders and schedule, prepared by Accelerate."""
+        args, acc = self.args, self.accelerator
         groups = self.param_groups()
         if args.optimizer == "sgd":
             optimizer = torch.optim.SGD(
@@ -773,277 +445,283 @@ class PiggybackTrainer:
         else:
             optimizer = torch.optim.Adam(groups, weight_decay=args.weight_decay)
         train_loader = self._loader(self.train_dataset, train=True)
-        # an epoch's order depends only on (seed, epoch): a resumed run shuffles the same way
-        sampler = train_loader.sampler
         val_loader = self._loader(self.eval_dataset, train=False)
         test_loader = self._loader(self.test_dataset, train=False)
-        model, optimizer, train_loader = acc.prepare(self.model, optimizer, train_loader)
-        val_loader = acc.prepare_data_loader(val_loader) if val_loader is not None else None
-        test_loader = acc.prepare_data_loader(test_loader) if test_loader is not None else None
-        unwrapped = acc.unwrap_model(model)
-
-        batches = len(train_loader)
-        if args.max_steps_per_epoch is not None:
-            batches = min(batches, args.max_steps_per_epoch)
+        # train mode first: eval-cached weights are buffers that DDP would record and broadcast
+        self._set_train_mode(self.model)
+        if isinstance(train_loader, StreamLoader):  # streamed: a fixed number of batches
+            sampler, self._stream = None, train_loader
+            model, optimizer = acc.prepare(self.model, optimizer)
+            batches = stream_batches_per_epoch(
+                train_loader, steps_per_epoch=args.steps_per_epoch,
+                accumulation=args.gradient_accumulation_steps, max_batches=args.max_steps_per_epoch,
+            )  # fmt: skip
+        else:
+            if args.steps_per_epoch is not None:
+                raise ValueError("steps_per_epoch applies to a streamed training split")
+            # an epoch's order depends only on (seed, epoch): a resumed run shuffles the same way
+            sampler = train_loader.sampler
+            model, optimizer, train_loader = acc.prepare(self.model, optimizer, train_loader)
+            batches = len(train_loader)
+            if args.max_steps_per_epoch is not None:
+                batches = min(batches, args.max_steps_per_epoch)
+        keep_weights_sharded(acc.unwrap_model(model))
+        val_loader, test_loader = (
+            acc.prepare_data_loader(x) if isinstance(x, DataLoader) else x
+            for x in (val_loader, test_loader)
+        )
         steps_per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
         total_steps = steps_per_epoch * args.num_epochs
         # The scheduler is stepped by hand once per optimiser step (not prepared: Accelerate would
         # step it once per process); registered so that save_state / load_state include it.
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-            self._lr_lambda(total_steps, steps_per_epoch),
+            _raw_optimizer(optimizer), self._lr_lambda(total_steps, steps_per_epoch)
         )
         acc.register_for_checkpointing(scheduler)
-        raw_optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        return _Run(
+            model, acc.unwrap_model(model), optimizer, scheduler, train_loader, sampler,
+            val_loader, test_loader, groups, batches, steps_per_epoch, total_steps,
+        )  # fmt: skip
 
-        history: list[dict[str, Any]] = []
-        best: tuple[float, float] | None = None
-        best_state: dict[str, torch.Tensor] | None = None
-        best_epoch, best_val = 0, {}
-        ema: float | None = None
-        start_epoch, skip, global_step = 1, 0, 0
-        partial: dict[str, Any] | None = None
-        if resume is not None:
-            from safetensors.torch import load_file
+    def _resume(self, folder: Path) -> RunState:
+        """Load the checkpoint in ``folder``: model, optimiser, schedule, random states, and the
+        run state, moved on to the next epoch when the checkpoint closed one."""
+        acc = self.accelerator
+        acc.load_state(str(folder))
+        rng_file = rng_state_file(folder, acc.process_index)
+        if rng_file.is_file():
+            load_rng_state(rng_file)
+        state = RunState.load(folder)
+        if uses_fsdp(acc):  # each process checkpointed its own slice of the best epoch
+            state.best_state = load_best_slice(folder, acc.process_index)
+        if self._stream is not None:  # the stream continues where the checkpoint left it
+            self._stream.load_state(folder, acc.process_index)
+        acc.step = state.accelerate_step
+        if state.partial is None:  # the checkpoint was taken after the epoch's validation
+            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+        if acc.is_main_process:  # the metrics file holds exactly the checkpoint's history
+            text = "".join(json.dumps(r) + "\n" for r in state.history)
+            atomic_write_bytes(self.output_dir / self.args.metrics_file, text.encode())
+        acc.print(f"resumed from {folder} (epoch {state.epoch}, batch {state.batches_in_epoch})")
+        return state
 
-            acc.load_state(str(resume))
-            rng_file = resume / f"rng_state_{acc.process_index}.safetensors"
-            if rng_file.is_file():
-                _load_rng_state(rng_file)
-            saved = json.loads((resume / _STATE_FILE).read_text(encoding="utf-8"))
-            start_epoch, skip = saved["epoch"], saved["batches_in_epoch"]
-            acc.step = saved.get("accelerate_step", 0)
-            global_step, ema, history = saved["global_step"], saved["ema"], saved["history"]
-            best = tuple(saved["best_key"]) if saved["best_key"] is not None else None
-            best_epoch, best_val, partial = saved["best_epoch"], saved["best_val"], saved["partial"]
-            if (resume / _BEST_FILE).is_file():
-                best_state = load_file(resume / _BEST_FILE)
-            if partial is None:  # the checkpoint was taken after the epoch's validation
-                start_epoch, skip, partial = start_epoch + 1, 0, None
-            if acc.is_main_process:  # the metrics file holds exactly the checkpoint's history
-                text = "".join(json.dumps(r) + "\n" for r in history)
-                atomic_write_bytes(self.output_dir / args.metrics_file, text.encode())
-            acc.print(f"resumed from {resume} (epoch {start_epoch}, batch {skip})")
+    def _start(self, run: _Run) -> None:
+        """Say what is trained, start the trackers and the progress bar."""
+        from tqdm.auto import tqdm
 
+        args, acc = self.args, self.accelerator
         acc.print(
-            f"training ({self.run_label}): {args.num_epochs} epoch(s) x {steps_per_epoch} step(s), "
-            f"batch {args.batch_size} x {acc.num_processes} process(es) x "
+            f"training ({self.run_label}): {args.num_epochs} epoch(s) x {run.steps_per_epoch} "
+            f"step(s), batch {args.batch_size} x {acc.num_processes} process(es) x "
             f"{args.gradient_accumulation_steps} accumulation; lr "
-            + ", ".join(f"{g['name']} {g['lr']:g}" for g in groups)
+            + ", ".join(f"{g['name']} {g['lr']:g}" for g in run.groups)
         )
-        tracking = bool(acc.log_with)
-        if tracking:
+        run.tracking = bool(acc.log_with)
+        if run.tracking:
             from pb_adapters.training.tracking import tracker_config
 
             acc.init_trackers(self.run_label, config=tracker_config(args.to_dict()))
-        interactive = sys.stderr.isatty()
-        bar = tqdm(
-            total=total_steps,
-            initial=global_step,
+        run.bar = tqdm(
+            total=run.total_steps,
+            initial=run.state.global_step,
             desc=self.run_label,
             disable=args.disable_progress_bar or not acc.is_local_main_process,
             dynamic_ncols=True,
-            mininterval=0.2 if interactive else 15.0,
+            mininterval=0.2 if sys.stderr.isatty() else 15.0,
         )
 
-        def state(
-            epoch: int, done: int, metrics: ClassificationMetrics | None, lrs: dict[str, float]
-        ) -> dict[str, Any]:
-            # ``partial`` is None once the epoch's record (validation included) is in ``history``
-            return {
-                "epoch": epoch,
-                "batches_in_epoch": done,
-                "global_step": global_step,
-                # Accelerate's micro-batch counter decides when accumulation syncs; its own copy
-                # lives in a pickle that recent torch will not load
-                "accelerate_step": acc.step,
-                "ema": ema,
-                "best_key": list(best) if best is not None else None,
-                "best_epoch": best_epoch,
-                "best_val": best_val,
-                "history": history,
-                "partial": None
-                if metrics is None
-                else {
-                    "loss_sum": metrics.loss_sum,
-                    "hits": metrics.hits,
-                    "count": metrics.count,
-                    "lrs": lrs,
-                },
-                "args": args.to_dict(),
-            }
+    def _train_epochs(self, run: _Run) -> None:
+        """Every epoch left, from the batch the run stands at."""
+        state, first = run.state, run.state.epoch
+        for epoch in range(first, self.args.num_epochs + 1):
+            skip = state.batches_in_epoch if epoch == first else 0
+            state.epoch = epoch
+            for images, labels in self._begin_epoch(run, epoch, skip):
+                if state.batches_in_epoch >= run.batches:
+                    break
+                self._train_batch(run, images, labels)
+            self._end_epoch(run, epoch)
 
-        start = time.perf_counter()
-        epoch, done = start_epoch, skip
-        epoch_lrs: dict[str, float] = {}
-        train_metrics = ClassificationMetrics(ks=(1,))
-        rng_at_step = _rng_state()
-        try:
-            for epoch in range(start_epoch, args.num_epochs + 1):
-                self._set_train_mode(model)
-                epoch_lrs = {
-                    g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)
-                }
-                train_metrics = ClassificationMetrics(ks=(1,))
-                if partial is not None:  # metrics of the batches seen before the interruption
-                    train_metrics.loss_sum = partial["loss_sum"]
-                    train_metrics.hits = list(partial["hits"])
-                    train_metrics.count = partial["count"]
-                    epoch_lrs = partial["lrs"]
-                partial = None
-                # No partial accumulation carried over from the previous epoch (or from before a
-                # resume). The raw optimiser: Accelerate's wrapper only zeroes on a sync step.
-                raw_optimizer.zero_grad(set_to_none=True)
-                epoch_start = time.perf_counter()
-                sampler.use_epoch(epoch - 1)
-                loader = acc.skip_first_batches(train_loader, skip) if skip else train_loader
-                done, skip = skip, 0
-                rng_at_step = _rng_state()
-                for images, labels in loader:
-                    if done >= batches:
-                        break
-                    with acc.accumulate(model):
-                        with acc.autocast():
-                            logits = forward_logits(model, images, self.transformers_api)
-                        loss = F.cross_entropy(logits.float(), labels)
-                        acc.backward(loss)
-                        if acc.sync_gradients and args.max_grad_norm:
-                            acc.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    # gathered: every rank holds (and checkpoints) the totals over all ranks
-                    train_metrics.update(logits, labels, accelerator=acc)
-                    value = float(loss.detach())
-                    ema = value if ema is None else 0.9 * ema + 0.1 * value
-                    done += 1
-                    if acc.sync_gradients:
-                        scheduler.step()
-                        global_step += 1
-                        bar.update(1)
-                        bar.set_postfix(
-                            epoch=epoch,
-                            loss=f"{ema:.4f}",
-                            lr=f"{optimizer.param_groups[0]['lr']:.1e}",
-                            refresh=False,
-                        )
-                        rng_at_step = _rng_state()
-                        if tracking and global_step % args.logging_steps == 0:
-                            acc.log(
-                                {
-                                    "train/loss_ema": ema,
-                                    **{
-                                        f"lr/{g.get('name', i)}": g["lr"]
-                                        for i, g in enumerate(optimizer.param_groups)
-                                    },
-                                },
-                                step=global_step,
-                            )
-                        if (
-                            args.save_steps
-                            and global_step % args.save_steps == 0
-                            and done < batches
-                        ):
-                            self._save_checkpoint(
-                                state(epoch, done, train_metrics, epoch_lrs), best_state
-                            )
-                train = train_metrics.compute()
-                record: dict[str, Any] = {
-                    "epoch": epoch,
-                    "train_loss": train["loss"],
-                    "train_top1": train["top1"],
-                    "lr": epoch_lrs,  # at the start of the epoch
-                }
-                if val_loader is not None:
-                    val = self.evaluate(val_loader, model)
-                    record.update({f"val_{k}": v for k, v in val.items()})
-                    key = (val["top1"], -val["loss"])
-                    improved = best is None or key > best
-                    if improved:
-                        best, best_epoch, best_val = key, epoch, val
-                        best_state = self._snapshot(unwrapped)
-                    summary = (
-                        f"epoch {epoch}/{args.num_epochs}: train loss {train['loss']:.4f} "
-                        f"top-1 {train['top1']:.2%} | val loss {val['loss']:.4f} top-1 {val['top1']:.2%} "
-                        f"top-5 {val['top5']:.2%}" + (" *" if improved else "")
-                    )
-                else:
-                    best_epoch = epoch
-                    summary = f"epoch {epoch}/{args.num_epochs}: train loss {train['loss']:.4f} top-1 {train['top1']:.2%}"
-                record["epoch_seconds"] = time.perf_counter() - epoch_start
-                summary += f" ({record['epoch_seconds']:.0f}s)"
-                history.append(record)
-                self._log(record)
-                if tracking:
-                    acc.log(_tracker_values(record), step=global_step)
-                if acc.is_main_process:
-                    if bar.disable:
-                        print(summary, flush=True)
-                    else:
-                        bar.write(summary)
-                if args.save_epoch_checkpoints:
-                    self._save_checkpoint(state(epoch, batches, None, epoch_lrs), best_state)
-        except KeyboardInterrupt:
-            bar.close()
-            # Save the state as of the last optimiser step: model and optimiser have not changed
-            # since, and the RNG is rewound to that point, so resuming continues the same run.
-            committed = done - done % args.gradient_accumulation_steps if done < batches else done
-            finished = len(history) >= epoch
-            _set_rng_state(rng_at_step)
-            ckpt = self._save_checkpoint(
-                state(epoch, committed, None if finished else train_metrics, epoch_lrs), best_state
+    def _begin_epoch(self, run: _Run, epoch: int, skip: int) -> Any:
+        """Reset the epoch's running metrics (or take the interrupted epoch's), return its
+        batches from ``skip`` on."""
+        self._set_train_mode(run.model)
+        run.epoch_lrs = {
+            g.get("name", str(i)): g["lr"] for i, g in enumerate(run.optimizer.param_groups)
+        }
+        run.train_metrics = ClassificationMetrics(ks=(1,))
+        if run.state.partial is not None:  # metrics of the batches seen before the interruption
+            run.train_metrics.load_state_dict(run.state.partial)
+            run.epoch_lrs = run.state.partial["lrs"]
+        run.state.partial = None
+        # No partial accumulation carried over from the previous epoch (or from before a
+        # resume). The raw optimiser: Accelerate's wrapper only zeroes on a sync step.
+        _raw_optimizer(run.optimizer).zero_grad(set_to_none=True)
+        run.epoch_start = time.perf_counter()
+        acc = self.accelerator
+        if isinstance(run.train_loader, StreamLoader):  # the stream goes on where it stands
+            loader = run.train_loader.epoch(run.batches, done=skip)
+        else:
+            run.sampler.use_epoch(epoch - 1)  # type: ignore[union-attr]
+            loader = acc.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
+        run.state.batches_in_epoch = skip
+        run.rng_at_step = rng_state()
+        return loader
+
+    def _train_batch(self, run: _Run, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Forward and backward one batch; an optimiser step when the accumulation is full."""
+        args, acc, state = self.args, self.accelerator, run.state
+        with acc.accumulate(run.model):
+            with acc.autocast():
+                logits = forward_logits(run.model, images, self.transformers_api)
+            loss = F.cross_entropy(logits.float(), labels)
+            acc.backward(loss)
+            if acc.sync_gradients and args.max_grad_norm:
+                acc.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        # gathered: every rank holds (and checkpoints) the totals over all ranks
+        run.train_metrics.update(logits, labels, accelerator=acc)
+        value = float(loss.detach())
+        state.ema = value if state.ema is None else 0.9 * state.ema + 0.1 * value
+        state.batches_in_epoch += 1
+        if acc.sync_gradients:
+            self._after_step(run)
+
+    def _after_step(self, run: _Run) -> None:
+        """Schedule, progress, tracker logging and step checkpoints after an optimiser step."""
+        args, acc, state = self.args, self.accelerator, run.state
+        run.scheduler.step()
+        state.global_step += 1
+        lrs = run.optimizer.param_groups
+        run.bar.update(1)
+        run.bar.set_postfix(
+            epoch=state.epoch, loss=f"{state.ema:.4f}", lr=f"{lrs[0]['lr']:.1e}", refresh=False
+        )
+        run.rng_at_step = rng_state()
+        if run.tracking and state.global_step % args.logging_steps == 0:
+            logged = {f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(lrs)}
+            acc.log({"train/loss_ema": state.ema, **logged}, step=state.global_step)
+        done = state.batches_in_epoch
+        if args.save_steps and state.global_step % args.save_steps == 0 and done < run.batches:
+            self._save_checkpoint(self._checkpoint_state(run, done, unfinished=True))
+
+    def _end_epoch(self, run: _Run, epoch: int) -> None:
+        """Validate, keep the best epoch, record the epoch and checkpoint it."""
+        args, acc, state = self.args, self.accelerator, run.state
+        train = run.train_metrics.compute()
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": train["loss"],
+            "train_top1": train["top1"],
+            "lr": run.epoch_lrs,  # at the start of the epoch
+        }
+        line = (
+            f"epoch {epoch}/{args.num_epochs}: train loss {train['loss']:.4f} "
+            f"top-1 {train['top1']:.2%}"
+        )
+        if run.val_loader is not None:
+            val = self.evaluate(run.val_loader, run.model)
+            record.update({f"val_{k}": v for k, v in val.items()})
+            improved = state.consider(epoch, val)
+            if improved:
+                state.best_state = self._snapshot(run.unwrapped)
+            line += (
+                f" | val loss {val['loss']:.4f} top-1 {val['top1']:.2%} "
+                f"top-5 {val['top5']:.2%}" + (" *" if improved else "")
             )
-            acc.print(f"interrupted: checkpoint saved to {ckpt}; resume with --resume")
-            if tracking:
-                acc.end_training()
-            raise
-        bar.close()
-        if best_state is not None and best_epoch != args.num_epochs:
-            self._restore(unwrapped, best_state)
+        else:
+            state.best_epoch = epoch
+        record["epoch_seconds"] = time.perf_counter() - run.epoch_start
+        line += f" ({record['epoch_seconds']:.0f}s)"
+        state.history.append(record)
+        self._log(record)
+        if run.tracking:
+            acc.log(_tracker_values(record), step=state.global_step)
+        if acc.is_main_process and run.bar.disable:
+            print(line, flush=True)
+        elif acc.is_main_process:
+            run.bar.write(line)
+        if args.save_epoch_checkpoints:
+            self._save_checkpoint(self._checkpoint_state(run, run.batches, unfinished=False))
+
+    def _save_interrupted(self, run: _Run) -> None:
+        """Checkpoint the state as of the last optimiser step (Ctrl-C).
+
+        Model and optimiser have not changed since, and the random states are rewound to that
+        point, so resuming continues the same run.
+        """
+        state, accumulation = run.state, self.args.gradient_accumulation_steps
+        done = state.batches_in_epoch
+        committed = done - done % accumulation if done < run.batches else done
+        finished = len(state.history) >= state.epoch
+        set_rng_state(run.rng_at_step)
+        ckpt = self._save_checkpoint(
+            self._checkpoint_state(run, committed, unfinished=not finished)
+        )
+        self.accelerator.print(f"interrupted: checkpoint saved to {ckpt}; resume with --resume")
+
+    def _finish(self, run: _Run, start: float) -> TrainResult:
+        """Restore the best epoch, test it, write the results, save (and push) the artifact."""
+        args, acc, state = self.args, self.accelerator, run.state
+        if state.best_state is not None and state.best_epoch != args.num_epochs:
+            self._restore(run.unwrapped, state.best_state)
             acc.print(
-                f"restored the best epoch ({best_epoch}, validation top-1 {best_val['top1']:.2%})"
+                f"restored the best epoch ({state.best_epoch}, validation top-1 "
+                f"{state.best_val['top1']:.2%})"
             )
-        test: dict[str, float] = {}
-        if test_loader is not None:
-            test = self.evaluate(test_loader, model)
-            acc.print(
-                f"test: loss {test['loss']:.4f} top-1 {test['top1']:.2%} top-5 {test['top5']:.2%} "
-                f"({int(test['num_samples'])} images)"
-            )
-            record = {
-                "split": "test",
-                "best_epoch": best_epoch,
-                **{f"test_{k}": v for k, v in test.items()},
-            }
-            self._log(record)
-            if tracking:
-                acc.log(_tracker_values(record), step=global_step)
-        if tracking:
+        test = self._test(run)
+        if run.tracking:
             acc.end_training()
-        train_seconds = time.perf_counter() - start
-        model.eval()
-        self.model = unwrapped
-        result = TrainResult(best_epoch, best_val, test, history, train_seconds)
+        train_seconds = time.perf_counter() - start  # evaluation included, saving excluded
+        run.model.eval()
+        self.model = run.unwrapped
+        result = TrainResult(state.best_epoch, state.best_val, test, state.history, train_seconds)
         if acc.is_main_process:
-            payload = {
-                "train_mode": args.train_mode,
-                "method": self.run_label,
-                "dataset": self.dataset_name,
-                **result.to_dict(),
-            }
-            payload["args"] = args.to_dict()
-            text = json.dumps(payload, indent=2) + "\n"
-            atomic_write_bytes(self.output_dir / "results.json", text.encode())
-            if history:
-                from pb_adapters.training.curves import CURVES_FILE_NAME, plot_training_curves
-
-                title = self.run_label + (f" on {self.dataset_name}" if self.dataset_name else "")
-                plot_training_curves(history, self.output_dir / CURVES_FILE_NAME, title=title)
+            self._write_results(result)
         if args.train_mode == "adapter" and args.save_artifact:
             result.artifact_dir = self.save_artifact(result)
             if args.push_to_hub:
                 self.push_artifact(result.artifact_dir)
         acc.wait_for_everyone()
         return result
+
+    def _test(self, run: _Run) -> dict[str, float]:
+        """Evaluate the test split once (empty without one) and record it."""
+        if run.test_loader is None:
+            return {}
+        acc = self.accelerator
+        test = self.evaluate(run.test_loader, run.model)
+        acc.print(
+            f"test: loss {test['loss']:.4f} top-1 {test['top1']:.2%} top-5 {test['top5']:.2%} "
+            f"({int(test['num_samples'])} images)"
+        )
+        record = {
+            "split": "test",
+            "best_epoch": run.state.best_epoch,
+            **{f"test_{k}": v for k, v in test.items()},
+        }
+        self._log(record)
+        if run.tracking:
+            acc.log(_tracker_values(record), step=run.state.global_step)
+        return test
+
+    def _write_results(self, result: TrainResult) -> None:
+        """``results.json`` and the training curves (main process)."""
+        payload = {
+            "train_mode": self.args.train_mode,
+            "method": self.run_label,
+            "dataset": self.dataset_name,
+            **result.to_dict(),
+        }
+        payload["args"] = self.args.to_dict()
+        text = json.dumps(payload, indent=2) + "\n"
+        atomic_write_bytes(self.output_dir / "results.json", text.encode())
+        if result.history:
+            from pb_adapters.training.curves import CURVES_FILE_NAME, plot_training_curves
+
+            title = self.run_label + (f" on {self.dataset_name}" if self.dataset_name else "")
+            plot_training_curves(result.history, self.output_dir / CURVES_FILE_NAME, title=title)
 
     def push_artifact(self, folder: Path) -> str | None:
         """Upload the artifact in ``folder``, its card and the training curves to
@@ -1083,18 +761,19 @@ class PiggybackTrainer:
         """Save the adapter into ``output_dir`` (main process only); return the folder."""
         acc = self.accelerator
         folder: Path | None = None
-        if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            datasets = [self.dataset_name] if self.dataset_name else None
-            folder = Path(
-                model.save_pretrained(
-                    self.output_dir,
-                    metrics=self.artifact_metrics(result),
-                    datasets=datasets,
-                    mask_encoding=self.args.mask_encoding,
+        model = acc.unwrap_model(self.model)
+        with full_parameters(model, acc.is_main_process):  # FSDP: gathered on the main process
+            if acc.is_main_process:
+                datasets = [self.dataset_name] if self.dataset_name else None
+                folder = Path(
+                    model.save_pretrained(
+                        self.output_dir,
+                        metrics=self.artifact_metrics(result),
+                        datasets=datasets,
+                        mask_encoding=self.args.mask_encoding,
+                    )
+                    or self.output_dir
                 )
-                or self.output_dir
-            )
         acc.wait_for_everyone()
         return folder or self.output_dir
 

@@ -6,22 +6,28 @@ numpy; padding bits of the last byte are always 0, which the artifact reader che
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    "BYTE_POPCOUNT",
     "bits_for_values",
+    "count_one_bits",
     "count_zero_bits",
     "pack_bits",
     "pack_uints",
     "packed_size",
+    "padding_bits_clear",
     "unpack_bits",
     "unpack_uints",
 ]
 
 # Most significant bit first, as numpy.packbits does, so packed masks read the same in numpy.
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
+#: Number of 1 bits of each byte value 0..255 (``int64``, on the CPU).
+BYTE_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)
+_POPCOUNT_TABLES: dict[torch.device, Tensor] = {}
 # Row b holds the 8 bits of byte b: unpacking is one table lookup per byte, ~30x faster on CPU
 # than shifting and masking every bit.
 _UNPACK_TABLE = (torch.arange(256, dtype=torch.uint8)[:, None] & _BIT_WEIGHTS) != 0
@@ -52,10 +58,35 @@ def unpack_bits(packed: Tensor, numel: int, dtype: torch.dtype = torch.bool) -> 
     return table.index_select(0, packed.reshape(-1).long()).reshape(-1)[:numel]
 
 
+def count_one_bits(packed: Tensor) -> int:
+    """Number of 1 bits in a ``uint8`` tensor (every bit of every byte), without unpacking."""
+    if packed.dtype != torch.uint8:
+        raise ValueError(f"packed bits are a uint8 tensor, got {packed.dtype}")
+    flat = packed.detach().reshape(-1)
+    if flat.device.type == "cpu" and hasattr(np, "bitwise_count"):
+        # numpy >= 2 has a popcount instruction: 7x faster than the table lookup below.
+        return int(np.bitwise_count(flat.numpy()).sum(dtype=np.int64))
+    table = _POPCOUNT_TABLES.get(flat.device)
+    if table is None:
+        table = _POPCOUNT_TABLES[flat.device] = BYTE_POPCOUNT.to(flat.device)
+    return int(table[flat.long()].sum())
+
+
 def count_zero_bits(packed: Tensor, numel: int) -> int:
     """Number of 0 bits among the first ``numel`` bits of a packed tensor, without unpacking."""
-    ones = int(_POPCOUNT.to(packed.device)[packed.reshape(-1).long()].sum())
-    return numel - ones  # padding bits are always 0, so they never count as ones
+    return numel - count_one_bits(packed)  # padding bits are always 0, so never count as ones
+
+
+def padding_bits_clear(packed: Tensor, numel: int) -> bool:
+    """Whether the padding bits after the first ``numel`` bits of a packed tensor are all 0.
+
+    ``packed`` holds ``packed_size(numel)`` bytes, as :func:`pack_bits` and :func:`pack_uints`
+    write them; readers refuse anything else in the padding as corruption.
+    """
+    spare = 8 * packed.numel() - numel
+    if not 0 <= spare < 8:
+        raise ValueError(f"{packed.numel()} bytes cannot hold exactly {numel} packed bits")
+    return spare == 0 or int(packed.reshape(-1)[-1]) & ((1 << spare) - 1) == 0
 
 
 def bits_for_values(count: int) -> int:

@@ -9,7 +9,17 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["RESERVED_ADAPTER_NAMES", "normalize_base_name", "validate_adapter_name"]
+__all__ = [
+    "RESERVED_ADAPTER_NAMES",
+    "TIMM_HUB_PREFIXES",
+    "normalize_base_name",
+    "split_revision",
+    "validate_adapter_name",
+]
+
+#: How timm names a model on the Hub: ``hf-hub:<repo id>[@revision]``; ``hf_hub:`` is timm's legacy
+#: spelling of the same prefix.
+TIMM_HUB_PREFIXES: tuple[str, ...] = ("hf-hub:", "hf_hub:")
 
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
@@ -54,7 +64,16 @@ def validate_adapter_name(name: Any) -> str:
     return name
 
 
+def split_revision(name: str) -> tuple[str, str | None]:
+    """``"repo@rev"`` -> ``("repo", "rev")``; a name without ``@`` -> ``(name, None)``."""
+    repo_id, at, revision = name.partition("@")
+    return repo_id, (revision if at else None)
+
+
 def normalize_base_name(name: str) -> str:
     """A base name without its ``@revision``, with timm's ``hf_hub:`` spelled ``hf-hub:``."""
-    name = name.split("@", 1)[0]
-    return "hf-hub:" + name[len("hf_hub:") :] if name.startswith("hf_hub:") else name
+    name, _ = split_revision(name)
+    for prefix in TIMM_HUB_PREFIXES[1:]:
+        if name.startswith(prefix):
+            return TIMM_HUB_PREFIXES[0] + name[len(prefix) :]
+    return name

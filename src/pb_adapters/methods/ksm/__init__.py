@@ -11,6 +11,18 @@ _DESCRIPTION = (
     "plus an 8-bit real-valued scale)"
 )
 
+#: Config fields the training command line exposes (``--temperature`` ...), with their help.
+_CLI_OPTIONS = {
+    "mask_init": "initial value of every mask score (training starts from the base model)",
+    "temperature": "temperature of the relaxed binary part",
+    "real_scale": "factor of the real-valued part of the soft mask (0: binary masks only)",
+    "block_size": "input connections sharing one mask entry where a kernel is a single weight "
+    "(Linear, 1x1 convolutions)",
+    "mask_lr": "Adam learning rate of the mask scores",
+    "head_lr": "learning rate of the task head",
+    "norm_lr": "learning rate of the per-task norm layers (--train-norms)",
+}
+
 _CITATION = (
     "@inproceedings{yang2021ksm,\n"
     "  title     = {KSM: Fast Multiple Task Adaption via Kernel-wise Soft Mask Learning},\n"
@@ -27,5 +39,6 @@ register_method(
         layer_class=KSMLayer,
         description=_DESCRIPTION,
         citation=_CITATION,
+        cli_options=_CLI_OPTIONS,
     )
 )

@@ -12,7 +12,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ...utils.bits import count_zero_bits, pack_bits, packed_size, unpack_bits
+from ...utils.bits import (
+    count_zero_bits,
+    pack_bits,
+    packed_size,
+    padding_bits_clear,
+    unpack_bits,
+)
 from ..base import ScoredMaskLayer
 from .config import KSMConfig
 
@@ -236,12 +242,9 @@ class KSMLayer(ScoredMaskLayer):
         expected = cls.expected_tensors(shape, config)
         cls._check_layout(tensors, expected)
         rows, cols = mask_shape(shape, int(config.block_size))
-        if (rows * cols) % 8:
-            # Padding bits past the last entry are written as 0; anything else is corruption.
-            pad_mask = (1 << (8 - (rows * cols) % 8)) - 1
-            cls._require(
-                int(tensors["mask"][-1]) & pad_mask == 0, "tensor 'mask' has padding bits set"
-            )
+        cls._require(
+            padding_bits_clear(tensors["mask"], rows * cols), "tensor 'mask' has padding bits set"
+        )
         offset, step = (float(v) for v in tensors["scale_range"])
         cls._require(
             math.isfinite(offset) and math.isfinite(step) and step >= 0,

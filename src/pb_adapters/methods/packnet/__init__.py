@@ -12,6 +12,38 @@ _DESCRIPTION = (
     "earlier tasks' weights in one network"
 )
 
+#: Config fields the training command line exposes (``--prune-ratio`` ...), with their help.
+_CLI_OPTIONS = {
+    "prune_ratio": "fraction of each task's weights pruned per layer (the demo tasks: 0.25)",
+    "epochs": "training epochs of each task before pruning",
+    "finetune_epochs": "retraining epochs after pruning (default with --epochs: half of it)",
+    "weight_lr": "SGD learning rate of the free weights",
+    "head_lr": "SGD learning rate of the task head",
+    "norm_lr": "learning rate of the per-task norm layers (--train-norms)",
+    "finetune_lr": "learning rate of weights and head while retraining after pruning",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay",
+    "lr_decay_every": "epochs before the x0.1 learning-rate decay while training",
+}
+
+#: Options of PackNet's schedule (``pb_adapters.training.packnet``): argparse keywords.
+_SCHEDULE_OPTIONS = {
+    "--tasks": {
+        "nargs": "+",
+        "metavar": "DATASET",
+        "help": "datasets packed one after another into one network (e.g. demo demo-inverted "
+        "demo-rotated); default: --dataset",
+    },
+    "--resume-packed": {
+        "metavar": "FOLDER",
+        "help": "add the tasks to this saved packed network instead of starting from the base",
+    },
+    "--keep-last-unpruned": {
+        "action": "store_true",
+        "help": "do not prune the last task (as the official code; leaves no room for more tasks)",
+    },
+}
+
 _CITATION = (
     "@inproceedings{mallya2018packnet,\n"
     "  title     = {PackNet: Adding Multiple Tasks to a Single Network by Iterative Pruning},\n"
@@ -35,6 +67,8 @@ register_method(
             "norms": "norm_lr",
             "modules": "head_lr",
         },
+        cli_options=_CLI_OPTIONS,
         training_schedule="pb_adapters.training.packnet:run_packnet_training",
+        schedule_options=_SCHEDULE_OPTIONS,
     )
 )

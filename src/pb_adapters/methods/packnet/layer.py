@@ -8,7 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ArtifactError, ConfigError
-from ...utils.bits import bits_for_values, pack_uints, packed_size, unpack_uints
+from ...utils.bits import (
+    bits_for_values,
+    pack_uints,
+    packed_size,
+    padding_bits_clear,
+    unpack_uints,
+)
 from ..base import AdapterLayer, BufferDict
 from .config import PackNetConfig
 
@@ -255,11 +261,7 @@ class PackNetLayer(AdapterLayer):
             f"tensor 'owner' must be uint8 of shape {list(expected['owner'][1])}",
         )
         bits, numel = cls._owner_bits(config), math.prod(shape)
-        spare = raw.numel() * 8 - numel * bits
-        if spare:
-            cls._require(
-                int(raw[-1]) & ((1 << spare) - 1) == 0, "tensor 'owner' has padding bits set"
-            )
+        cls._require(padding_bits_clear(raw, numel * bits), "tensor 'owner' has padding bits set")
         owner = unpack_uints(raw, numel, bits)
         cls._require(
             (int(owner.max()) if owner.numel() else 0) <= config.task_index,

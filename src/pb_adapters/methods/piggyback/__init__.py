@@ -8,6 +8,16 @@ __all__ = ["PiggybackConfig", "PiggybackLayer"]
 
 _DESCRIPTION = "a learned mask over the frozen base weights"
 
+#: Config fields the training command line exposes (``--mask-type`` ...), with their help.
+_CLI_OPTIONS = {
+    "mask_type": "mask values: binary {0,1} or ternary {-1,0,1}",
+    "mask_init": "initial value of every mask score (training starts from the base model)",
+    "threshold": "scores above it keep their weight",
+    "mask_lr": "Adam learning rate of the mask scores",
+    "head_lr": "learning rate of the task head",
+    "norm_lr": "learning rate of the per-task norm layers (--train-norms)",
+}
+
 _CITATION = (
     "@inproceedings{mallya2018piggyback,\n"
     "  title     = {Piggyback: Adapting a Single Network to Multiple Tasks by Learning to Mask"
@@ -25,5 +35,6 @@ register_method(
         layer_class=PiggybackLayer,
         description=_DESCRIPTION,
         citation=_CITATION,
+        cli_options=_CLI_OPTIONS,
     )
 )

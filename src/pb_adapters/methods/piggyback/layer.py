@@ -7,7 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ...utils.bits import count_zero_bits, pack_bits, packed_size, unpack_bits
+from ...utils.bits import (
+    count_zero_bits,
+    pack_bits,
+    packed_size,
+    padding_bits_clear,
+    unpack_bits,
+)
 from ..base import ScoredMaskLayer
 from .config import PiggybackConfig
 
@@ -144,13 +150,10 @@ class PiggybackLayer(ScoredMaskLayer):
         expected = cls.expected_tensors(shape, config)
         cls._check_layout(tensors, expected)
         numel = math.prod(shape)
-        if numel % 8:
-            # Padding bits past the last weight are written as 0; anything else is corruption.
-            pad_mask = (1 << (8 - numel % 8)) - 1
-            for key in expected:
-                cls._require(
-                    int(tensors[key][-1]) & pad_mask == 0, f"tensor {key!r} has padding bits set"
-                )
+        for key in expected:
+            cls._require(
+                padding_bits_clear(tensors[key], numel), f"tensor {key!r} has padding bits set"
+            )
         if "sign" in tensors:
             # A weight cannot be both zero and negative: sign bits must be a subset of mask bits.
             cls._require(
