@@ -1,5 +1,8 @@
 """Two real training processes (gloo on CPU) through ``accelerate launch``.
 
+The ranks run on the CPU whatever ``PB_TEST_DEVICE`` says (the worker asks Accelerate for it): the
+test needs two ranks, and a one-GPU machine cannot give each one its own GPU.
+
 ``accelerate launch --multi_gpu --num_processes 2`` starts two ranks even without a GPU (while
 ``--cpu --num_processes 2`` silently starts one). Both ranks must end with identical masks, equal
 to a single-process run over the same global batch, and a 2-process run resumed from a checkpoint
@@ -9,7 +12,6 @@ must end exactly where the uninterrupted one did.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -20,12 +22,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.devices import child_env
+
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = child_env(OMP_NUM_THREADS="1")  # the ranks import the pb_adapters under test
     env.pop("ACCELERATE_CONFIG_FILE", None)
     return env
 
