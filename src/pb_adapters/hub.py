@@ -125,7 +125,8 @@ def _validate_repo_id(repo_id: str) -> str:
     # letters, a trailing newline and long namespaces through, and a refused name must never
     # reach the Hub or the token file.
     parts = repo_id.split("/")
-    if cause is not None or len(parts) > 2 or not all(_SEGMENT_RE.fullmatch(part) for part in parts):
+    strict = len(parts) <= 2 and all(_SEGMENT_RE.fullmatch(part) for part in parts)
+    if cause is not None or not strict:
         raise HubError(
             f"{repo_id[:100]!a} is neither an existing local folder nor a valid Hub repo id "
             "('namespace/name')"
