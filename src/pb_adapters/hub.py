@@ -130,13 +130,21 @@ def _validate_repo_id(repo_id: str) -> str:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
+    cause: HFValidationError | None = None
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
+        cause = err
+    # Our own ASCII check too: older huggingface_hub releases (1.3 among them) let non-ASCII
+    # letters, a trailing newline and long namespaces through, and a refused name must never
+    # reach the Hub or the token file.
+    parts = repo_id.split("/")
+    strict = len(parts) <= 2 and all(_SEGMENT_RE.fullmatch(part) for part in parts)
+    if cause is not None or not strict:
         raise HubError(
             f"{repo_id[:100]!a} is neither an existing local folder nor a valid Hub repo id "
             "('namespace/name')"
-        ) from err
+        ) from cause
     return repo_id
 
 
@@ -199,19 +207,40 @@ def _has_token(token: str | bool | None) -> bool:
     return get_token() is not None
 
 
+def _transport_errors() -> tuple[tuple[type[BaseException], ...], ...]:
+    """``(timeouts, connection failures, other transport errors)`` of the HTTP clients present.
+
+    huggingface_hub 1.x talks through ``httpx`` and 2.x through ``httpx2``; either may be absent,
+    so each is imported only if installed (neither is a dependency of this package itself).
+    """
+    import importlib
+
+    timeouts: list[type[BaseException]] = []
+    connects: list[type[BaseException]] = []
+    transports: list[type[BaseException]] = []
+    for name in ("httpx", "httpx2"):
+        try:
+            client = importlib.import_module(name)
+        except ImportError:
+            continue
+        timeouts.append(client.TimeoutException)
+        connects += [client.ConnectError, client.NetworkError]
+        transports.append(client.TransportError)
+    return tuple(timeouts), tuple(connects), tuple(transports)
+
+
 def _network_reason(err: BaseException) -> str | None:
     """A short reason if ``err`` (or an exception it chains) is a network failure."""
-    import httpx2
-
+    timeouts, connects, transports = _transport_errors()
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, httpx2.TimeoutException):
+        if isinstance(current, timeouts):
             return "the connection timed out"
-        if isinstance(current, (httpx2.ConnectError, httpx2.NetworkError)):
+        if isinstance(current, connects):
             return "the connection failed"
-        if isinstance(current, httpx2.TransportError):
+        if isinstance(current, transports):
             return f"network error ({type(current).__name__})"
         current = current.__cause__ or current.__context__
     return None
