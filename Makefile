@@ -1,10 +1,12 @@
 # Developer tasks for pb-adapters.
 #
-#   make demo    train the built-in offline demo task (python examples/train.py)
-#   make test    ruff, mkdocs build --strict, then the whole test suite
+#   make demo      train the built-in offline demo task (python examples/train.py)
+#   make test      ruff, mkdocs build --strict, then the whole test suite
+#   make test-min  the test suite against the lowest versions pyproject.toml allows (.venv-min)
 #
-# Both create .venv and install the project into it (pip install -e ".[dev]") on first use, and
-# again whenever pyproject.toml changes. Override variables on the command line, e.g.
+# demo and test create .venv and install the project into it (pip install -e ".[dev]") on first
+# use, and again whenever pyproject.toml changes; test-min does the same with .venv-min. Override
+# variables on the command line, e.g.
 #   make test PYTEST_ARGS="-k serialization -x"    make demo DEMO_ARGS="--epochs 1"
 
 SHELL := /bin/bash
@@ -31,7 +33,17 @@ export NO_MKDOCS_2_WARNING := 1
 # local wheel folder next to a torchvision from the package index, which are ABI-incompatible).
 TORCH_CHECK := import torch, torchvision; print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")
 
-.PHONY: help install demo test lint format docs docs-serve clean
+# The lowest-versions environment of `make test-min`: uv resolves the direct dependencies (and the
+# extras the suite needs) to the lowest versions pyproject.toml allows, everything else to the
+# newest that fits, as a user who pins only the floors would get today.
+MIN_VENV ?= .venv-min
+MIN_BIN := $(MIN_VENV)/bin
+MIN_STAMP := $(MIN_VENV)/.pb-adapters-min-installed
+MIN_EXTRAS := --extra test --extra examples
+UV_VERSION ?= 0.13.9
+VERSIONS := import importlib.metadata as m; print("; ".join(f"{d} {m.version(d)}" for d in ("torch", "torchvision", "timm", "transformers", "huggingface-hub", "accelerate", "datasets", "safetensors", "numpy", "pillow", "matplotlib", "constriction")))
+
+.PHONY: help install demo test test-min lint format docs docs-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -62,6 +74,21 @@ test: $(STAMP)  ## ruff, strict docs build, then the whole test suite
 		&& $(BIN)/mkdocs build --strict --quiet --site-dir "$$tmp"
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+$(MIN_STAMP): pyproject.toml
+	rm -rf $(MIN_VENV)
+	@echo "creating $(MIN_VENV) with $$($(PYTHON) --version)"
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(MIN_BIN)/uv pip compile --quiet --python $(MIN_BIN)/python --resolution lowest-direct \
+		pyproject.toml $(MIN_EXTRAS) --output-file $(MIN_VENV)/requirements-min.txt
+	$(MIN_BIN)/uv pip install --python $(MIN_BIN)/python -r $(MIN_VENV)/requirements-min.txt
+	$(MIN_BIN)/uv pip install --quiet --python $(MIN_BIN)/python --no-deps -e .
+	@touch $@
+
+test-min: $(MIN_STAMP)  ## the test suite with the lowest versions pyproject.toml allows
+	@$(MIN_BIN)/python -c '$(VERSIONS)'
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$(TEST_THREADS) $(MIN_BIN)/python -m pytest $(PYTEST_ARGS)
+
 lint: $(STAMP)  ## ruff check and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -76,7 +103,7 @@ docs: $(STAMP)  ## build the documentation site into site/
 docs-serve: $(STAMP)  ## serve the documentation on http://127.0.0.1:8000 with live reload
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
-clean:  ## remove .venv, the built site, build outputs and caches
-	rm -rf $(VENV) $(SITE_DIR) build dist .pytest_cache .ruff_cache .hypothesis
+clean:  ## remove .venv, .venv-min, the built site, build outputs and caches
+	rm -rf $(VENV) $(MIN_VENV) $(SITE_DIR) build dist .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find src -name '*.egg-info' -type d -prune -exec rm -rf {} +

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pb_adapters.card import summarize_adapter
 from pb_adapters.errors import HubError
 from pb_adapters.hub import ARTIFACT_FILES
 from pb_adapters.serialization import ARTIFACT_WEIGHTS_NAME, read_adapter_config
+from tests.devices import child_env
 from tests.hub_server import LocalHub
 from tests.test_hub import make_artifact
 
@@ -175,7 +175,7 @@ def test_console_script_against_the_hub_via_environment(
     # A fresh process reads HF_ENDPOINT etc. at import, so the environment alone is enough there
     # (the hub fixture mirrors its settings into os.environ).
     repo_id = hub.new_repo_id("script")
-    env = {**os.environ, "HF_TOKEN": hub.token}
+    env = child_env(HF_TOKEN=hub.token)  # the script imports the pb_adapters under test
     run = subprocess.run(
         [_console_script(), "push", str(artifact), repo_id],
         env=env,

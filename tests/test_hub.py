@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import http.server
+import importlib
+import importlib.util
 import json
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -411,6 +414,26 @@ def test_connection_refused_is_a_network_error(
     with pytest.raises(HubError, match="could not reach the Hub") as err:
         resolve_adapter_folder("someone/anything")
     assert "HF_HUB_OFFLINE" in str(err.value)
+
+
+def test_network_errors_of_the_installed_http_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    # huggingface_hub 1.x raises httpx's errors and 2.x httpx2's: neither may be assumed present
+    from pb_adapters.hub import _network_reason
+
+    clients = [name for name in ("httpx", "httpx2") if importlib.util.find_spec(name)]
+    assert clients, "huggingface_hub depends on httpx (1.x) or httpx2 (2.x)"
+    for name in clients:
+        module = importlib.import_module(name)
+        with monkeypatch.context() as patch:
+            for other in {"httpx", "httpx2"} - {name}:
+                patch.setitem(sys.modules, other, None)  # importing it fails, as if absent
+            wrapped = RuntimeError("download failed")
+            wrapped.__cause__ = module.ConnectError("connection refused")
+            assert _network_reason(wrapped) == "the connection failed"
+            assert _network_reason(module.ReadTimeout("slow")) == "the connection timed out"
+            protocol = module.RemoteProtocolError("x")
+            assert _network_reason(protocol) == "network error (RemoteProtocolError)"
+            assert _network_reason(ValueError("not a network error")) is None
 
 
 @pytest.fixture

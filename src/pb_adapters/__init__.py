@@ -13,6 +13,8 @@ from .errors import (
     FormatVersionError,
     HubError,
     PbAdaptersError,
+    StorageError,
+    TargetExistsError,
     TargetingError,
 )
 from .methods import available_methods, get_method, register_method
@@ -35,6 +37,8 @@ __all__ = [
     "PbAdaptersError",
     "PiggybackConfig",
     "PiggybackModel",
+    "StorageError",
+    "TargetExistsError",
     "TargetingError",
     "__version__",
     "available_methods",

@@ -8,6 +8,7 @@ so the Hub can index it (library, base model, task, datasets, evaluation results
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -22,8 +23,14 @@ from .base_registry import get_base, is_registered_base
 from .errors import ConfigError
 from .mask_coding import order0_entropy_bits
 from .registry import MethodSpec, get_method
-from .serialization import ARTIFACT_WEIGHTS_NAME, BASE_WEIGHTS, read_adapter_config
-from .utils.files import atomic_write_bytes
+from .serialization import (
+    ARTIFACT_WEIGHTS_NAME,
+    BASE_WEIGHTS,
+    prepare_folder,
+    read_adapter_config,
+    storage_error,
+)
+from .utils.files import atomic_write_bytes, folder_lock, remove_leftovers, replace_files
 from .utils.names import TIMM_HUB_PREFIXES, normalize_base_name
 
 __all__ = [
@@ -34,6 +41,7 @@ __all__ = [
     "build_model_card",
     "hub_config",
     "plot_mask_sparsity",
+    "render_card_files",
     "summarize_adapter",
     "write_hub_config",
     "write_model_card",
@@ -155,29 +163,50 @@ class AdapterSummary:
         return "not recorded (an artifact written before pb-adapters recorded it)"
 
 
-def _safetensors_sizes(path: Path) -> dict[str, int] | None:
-    """Byte size of every tensor in a safetensors file, read from its header only."""
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(8)
-            if len(raw) != 8:
-                return None
-            (length,) = struct.unpack("<Q", raw)
-            if length > _MAX_HEADER_BYTES:
-                return None
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError):
-        return None
+def _header_sizes(header: Any) -> dict[str, int] | None:
+    """Byte size of every tensor a parsed safetensors header lists; ``None`` if it is malformed."""
     if not isinstance(header, dict):
         return None
     sizes = {}
     for key, info in header.items():
-        if key == "__metadata__" or not isinstance(info, dict):
+        if key == "__metadata__":
             continue
-        offsets = info.get("data_offsets")
-        if isinstance(offsets, list) and len(offsets) == 2:
-            sizes[key] = int(offsets[1]) - int(offsets[0])
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(_int_or_none(o) is not None for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        ):
+            return None  # sizes from a header that lies would be wrong; report them unknown
+        sizes[key] = offsets[1] - offsets[0]
     return sizes
+
+
+def _safetensors_sizes(source: Path | bytes) -> dict[str, int] | None:
+    """Byte size of every tensor in a safetensors file (a path or its bytes), from its header
+    only; ``None`` when the header cannot be read or is malformed."""
+    try:
+        if isinstance(source, bytes):
+            if len(source) < 8:
+                return None
+            (length,) = struct.unpack("<Q", source[:8])
+            if length > _MAX_HEADER_BYTES:
+                return None
+            text = source[8 : 8 + length]
+        else:
+            with source.open("rb") as handle:
+                raw = handle.read(8)
+                if len(raw) != 8:
+                    return None
+                (length,) = struct.unpack("<Q", raw)
+                if length > _MAX_HEADER_BYTES:
+                    return None
+                text = handle.read(length)
+        header = json.loads(text)
+    except (OSError, ValueError, RecursionError):
+        return None
+    return _header_sizes(header)
 
 
 def _estimated_mask_bytes(record: dict[str, Any]) -> int | None:
@@ -219,9 +248,13 @@ def _task_rows(adapter_config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def summarize_adapter(
-    adapter_config: dict[str, Any], weights_path: str | Path | None = None
+    adapter_config: dict[str, Any],
+    weights_path: str | Path | None = None,
+    *,
+    weights: bytes | None = None,
 ) -> AdapterSummary:
-    """Summarise an ``adapter_config.json`` dict (and its weights file, if given and present)."""
+    """Summarise an ``adapter_config.json`` dict (and its weights file, if given and present:
+    a path, or the file's bytes as ``weights``)."""
     base = adapter_config.get("base_model") or {}
     modules = [m for m in adapter_config.get("modules") or [] if isinstance(m, dict)]
     masked = sum(int(m.get("numel", 0)) for m in modules)
@@ -248,9 +281,15 @@ def summarize_adapter(
     module_bytes: int | None = None
     file_bytes: int | None = None
     sizes = None
-    if weights_path is not None and Path(weights_path).is_file():
-        file_bytes = Path(weights_path).stat().st_size
-        sizes = _safetensors_sizes(Path(weights_path))
+    if weights is not None:
+        file_bytes, sizes = len(weights), _safetensors_sizes(weights)
+    elif weights_path is not None:
+        try:
+            if Path(weights_path).is_file():
+                file_bytes = Path(weights_path).stat().st_size
+                sizes = _safetensors_sizes(Path(weights_path))
+        except OSError:
+            file_bytes = sizes = None
     if sizes is not None:
         mask_bytes = sum(v for k, v in sizes.items() if k.startswith("layers."))
         module_bytes = sum(v for k, v in sizes.items() if k.startswith("modules."))
@@ -354,6 +393,16 @@ def plot_mask_sparsity(summary: AdapterSummary, path: str | Path) -> Path | None
     timestamp or version metadata, so the same artifact always gives the same bytes. Returns
     ``None`` (and writes nothing) when the artifact records no per-layer counts.
     """
+    png = _sparsity_png(summary)
+    if png is None:
+        return None
+    path = Path(path)
+    atomic_write_bytes(path, png)
+    return path
+
+
+def _sparsity_png(summary: AdapterSummary) -> bytes | None:
+    """The PNG bytes of :func:`plot_mask_sparsity`; ``None`` without per-layer counts."""
     if not summary.per_layer_sparsity:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -391,11 +440,9 @@ def plot_mask_sparsity(summary: AdapterSummary, path: str | Path) -> Path | None
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x" if with_names else "y", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------- card
@@ -432,12 +479,21 @@ def _split_metric(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+def _finite_float(value: Any) -> float | None:
+    """``value`` as a finite float; ``None`` for other types, NaN, infinities and integers too
+    large for a float."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {
-        str(k): float(v)
-        for k, v in metrics.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
+    numbers = {str(k): _finite_float(v) for k, v in metrics.items()}
+    return {k: v for k, v in numbers.items() if v is not None}
 
 
 def _py(text: str) -> str:
@@ -733,15 +789,17 @@ def build_model_card(
     subfolder: str | None = None,
     weights_path: str | Path | None = None,
     plot_name: str | None = PLOT_NAME,
+    weights: bytes | None = None,
 ) -> Any:
     """Build the model card (a ``huggingface_hub.ModelCard``) for an adapter config dict.
 
     ``repo_id`` and ``subfolder`` go into the usage snippet; ``plot_name`` is the image the card
-    links to (``None`` for no image).
+    links to (``None`` for no image). The weights file (``weights_path``, or its bytes as
+    ``weights``) gives exact sizes.
     """
     from huggingface_hub import ModelCard
 
-    summary = summarize_adapter(adapter_config, weights_path)
+    summary = summarize_adapter(adapter_config, weights_path, weights=weights)
     data = _metadata(summary, repo_id, subfolder)
     content = f"---\n{data.to_yaml()}\n---\n\n{_body(summary, repo_id, subfolder, plot_name)}"
     return ModelCard(content)
@@ -767,8 +825,41 @@ def hub_config(adapter_config: dict[str, Any]) -> dict[str, Any]:
 def write_hub_config(folder: str | Path, adapter_config: dict[str, Any]) -> Path:
     """Write :func:`hub_config` as ``config.json`` in ``folder``."""
     path = Path(folder) / HUB_CONFIG_NAME
-    atomic_write_bytes(path, (json.dumps(hub_config(adapter_config), indent=2) + "\n").encode())
+    atomic_write_bytes(path, _hub_config_bytes(adapter_config))
     return path
+
+
+def _hub_config_bytes(adapter_config: dict[str, Any]) -> bytes:
+    return (json.dumps(hub_config(adapter_config), indent=2) + "\n").encode()
+
+
+def render_card_files(
+    adapter_config: dict[str, Any],
+    weights: bytes | None = None,
+    repo_id: str | None = None,
+    *,
+    subfolder: str | None = None,
+) -> dict[str, bytes | None]:
+    """The card files of an artifact, made in memory: ``{file name: bytes}``.
+
+    ``README.md``, ``config.json`` and ``mask_sparsity.png``; the plot maps to ``None`` (delete
+    any old one) when the artifact records no per-layer counts. ``weights`` (the weights file's
+    bytes) gives exact sizes. Nothing is written, so a save can refuse before touching its folder.
+    """
+    summary = summarize_adapter(adapter_config, weights=weights)
+    png = _sparsity_png(summary)
+    card = build_model_card(
+        adapter_config,
+        repo_id,
+        subfolder=subfolder,
+        weights=weights,
+        plot_name=PLOT_NAME if png is not None else None,
+    )
+    return {
+        CARD_NAME: str(card).encode("utf-8"),
+        PLOT_NAME: png,
+        HUB_CONFIG_NAME: _hub_config_bytes(adapter_config),
+    }
 
 
 def write_model_card(
@@ -780,28 +871,29 @@ def write_model_card(
 ) -> Path:
     """Write ``README.md``, ``mask_sparsity.png`` and ``config.json`` into an artifact folder.
 
-    Each file is replaced atomically (a temporary file, then a rename).
+    The three files are made in memory (:func:`render_card_files`), then replaced together under
+    the folder's lock: all of them, or on an error none.
 
     ``adapter_config`` defaults to the folder's validated ``adapter_config.json``. The plot is
     written only when the artifact records per-layer counts (and the card links it only then).
     Returns the path of ``README.md``.
+
+    Raises:
+        ArtifactError: the folder's artifact is missing or malformed.
+        StorageError: the card files could not be written (the old ones are kept).
     """
     folder = Path(folder)
-    if adapter_config is None:
-        adapter_config = read_adapter_config(folder)
-    weights = folder / ARTIFACT_WEIGHTS_NAME
-    summary = summarize_adapter(adapter_config, weights)
-    plot = plot_mask_sparsity(summary, folder / PLOT_NAME)
-    if plot is None:
-        (folder / PLOT_NAME).unlink(missing_ok=True)  # never leave a stale plot behind
-    card = build_model_card(
-        adapter_config,
-        repo_id,
-        subfolder=subfolder,
-        weights_path=weights,
-        plot_name=PLOT_NAME if plot is not None else None,
-    )
-    path = folder / CARD_NAME
-    atomic_write_bytes(path, str(card).encode("utf-8"))
-    write_hub_config(folder, adapter_config)
-    return path
+    prepare_folder(folder)
+    try:
+        with folder_lock(folder):
+            if adapter_config is None:
+                adapter_config = read_adapter_config(folder)
+            weights = None
+            with contextlib.suppress(OSError):
+                weights = (folder / ARTIFACT_WEIGHTS_NAME).read_bytes()
+            files = render_card_files(adapter_config, weights, repo_id, subfolder=subfolder)
+            remove_leftovers(folder, list(files))
+            replace_files(folder, files)
+    except OSError as err:
+        raise storage_error(err, f"write the model card in {folder}") from None
+    return folder / CARD_NAME

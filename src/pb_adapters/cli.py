@@ -12,7 +12,8 @@ Subcommands:
 
 Each subcommand is one ``add_<name>(subparsers)`` function that declares its arguments and sets
 ``func``; :data:`SUBCOMMANDS` lists them and is the only place to register a new one. Errors of
-the pb-adapters family are printed as one line on stderr with exit status 2.
+the pb-adapters family are printed as one line on stderr with exit status 2; any other error
+(a bug) as one line with exit status 3, its traceback only with ``PB_ADAPTERS_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._version import __version__
-from .utils.reporting import EXIT_ERROR, run_reporting_errors
+from .utils.reporting import (  # noqa: F401 (the exit statuses are part of this module's API)
+    DEBUG_VARIABLE,
+    EXIT_ERROR,
+    EXIT_INTERNAL,
+    run_reporting_errors,
+)
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -48,11 +54,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .card import summarize_adapter
     from .hub import resolve_adapter_folder
     from .serialization import ARTIFACT_WEIGHTS_NAME, read_adapter_config
+    from .utils.files import folder_lock
 
     folder = resolve_adapter_folder(
         args.reference, revision=args.revision, subfolder=args.subfolder, token=args.token
     )
-    summary = summarize_adapter(read_adapter_config(folder), folder / ARTIFACT_WEIGHTS_NAME)
+    with folder_lock(folder, shared=True):  # the config and weights of one save
+        summary = summarize_adapter(read_adapter_config(folder), folder / ARTIFACT_WEIGHTS_NAME)
     bits = summary.bits_per_masked_weight
     entropy = summary.entropy_bits_per_masked_weight
     labels = summary.labels
@@ -350,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status (0 ok, 2 usage or pb-adapters error)."""
+    """Run the command line; return the exit status (0 ok, 2 usage or pb-adapters error, 3 a bug)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

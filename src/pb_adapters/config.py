@@ -17,7 +17,14 @@ from typing import Any, ClassVar
 from .errors import ConfigError
 from .registry import get_method
 
-__all__ = ["AdapterConfig"]
+__all__ = ["MAX_MODULE_NAMES", "MAX_NUM_LABELS", "AdapterConfig"]
+
+#: The most classes a task may have (ImageNet-21k has 21,841): a config is small, the head it
+#: declares is not, so the declared size is bounded before anything is allocated for it.
+MAX_NUM_LABELS = 1 << 20
+#: The most entries a ``target_modules``, ``exclude_modules`` or ``modules_to_save`` list may
+#: have (the largest vision models have a few thousand modules).
+MAX_MODULE_NAMES = 4096
 
 
 def _is_str_list(value: Any) -> bool:
@@ -104,12 +111,20 @@ class AdapterConfig:
             raise ConfigError(
                 f"modules_to_save must be a list of names, got {self.modules_to_save!r}"
             )
+        for name in ("target_modules", "exclude_modules", "modules_to_save"):
+            value = getattr(self, name)
+            if isinstance(value, list) and len(value) > MAX_MODULE_NAMES:
+                raise ConfigError(
+                    f"{name} lists {len(value)} names; at most {MAX_MODULE_NAMES} are accepted"
+                )
         if self.num_labels is not None and (
             isinstance(self.num_labels, bool)
             or not isinstance(self.num_labels, int)
-            or self.num_labels < 1
+            or not 1 <= self.num_labels <= MAX_NUM_LABELS
         ):
-            raise ConfigError(f"num_labels must be a positive integer, got {self.num_labels!r}")
+            raise ConfigError(
+                f"num_labels must be an integer from 1 to {MAX_NUM_LABELS}, got {self.num_labels!r}"
+            )
         if self.id2label is not None:
             if sorted(self.id2label) != list(range(len(self.id2label))):
                 raise ConfigError("id2label keys must be 0 .. num_labels-1 without gaps")
@@ -125,6 +140,12 @@ class AdapterConfig:
             )
         ):
             raise ConfigError("label2id must be a dict of str -> int")
+        if self.label2id is not None and self.num_labels is not None:
+            outside = [v for v in self.label2id.values() if not 0 <= v < self.num_labels]
+            if outside:
+                raise ConfigError(
+                    f"label2id maps to class {outside[0]}, outside 0 .. {self.num_labels - 1}"
+                )
         for name in ("train_head", "train_norms"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -1,8 +1,10 @@
 """The exception family raised by pb_adapters.
 
-Every problem a user can act on derives from :class:`PbAdaptersError`. Problems with an artifact
-(a saved or downloaded adapter) raise :class:`ArtifactError` or a subclass, so one ``except``
-clause catches every refused load.
+Every problem a user can act on derives from :class:`PbAdaptersError`; each class also derives
+from the builtin exception a caller would expect (``ValueError``, ``KeyError``, ``OSError``...).
+Problems with an artifact (a saved or downloaded adapter) raise :class:`ArtifactError` or a
+subclass, so one ``except`` clause catches every refused load; file-system failures while reading
+or writing raise :class:`StorageError`.
 """
 
 from __future__ import annotations
@@ -41,3 +43,12 @@ class BaseModelMismatchError(ArtifactError):
 
 class HubError(PbAdaptersError):
     """Talking to the Hugging Face Hub failed in a way the user can fix."""
+
+
+class StorageError(PbAdaptersError, OSError):
+    """A file could not be read or written: the disk is full, access is denied, the path is
+    unusable. ``errno`` and ``filename`` are those of the underlying :class:`OSError`."""
+
+
+class TargetExistsError(StorageError, FileExistsError):
+    """Something that is not a folder (a file, say) is in the way of a folder to write."""

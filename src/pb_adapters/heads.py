@@ -46,13 +46,16 @@ def _head_input_width(model: nn.Module, head: nn.Module) -> int:
     )
 
 
-def create_task_head(model: nn.Module, path: str, num_labels: int) -> nn.Module:
+def create_task_head(
+    model: nn.Module, path: str, num_labels: int, *, device: torch.device | str | None = None
+) -> nn.Module:
     """A fresh classifier of ``num_labels`` outputs shaped like the head at ``path``.
 
     Linear heads (and ``Identity`` heads of timm models created with ``num_classes=0``) get an
     ``nn.Linear``; 1x1 convolution heads get a 1x1 ``nn.Conv2d``. transformers heads are
     initialised as transformers does (normal, ``std=config.initializer_range``, zero bias);
-    timm heads with PyTorch's default initialisation.
+    timm heads with PyTorch's default initialisation. The head is made on the model's device
+    unless ``device`` says otherwise (``"meta"`` gives its shapes without allocating it).
     """
     old = model.get_submodule(path)
     width = _head_input_width(model, old)
@@ -60,6 +63,8 @@ def create_task_head(model: nn.Module, path: str, num_labels: int) -> nn.Module:
     factory: dict[str, Any] = {}
     if reference is not None:
         factory = {"device": reference.device, "dtype": reference.dtype}
+    if device is not None:
+        factory["device"] = device
     if isinstance(old, nn.Conv2d):
         if old.kernel_size != (1, 1):
             raise TargetingError(

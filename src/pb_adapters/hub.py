@@ -16,17 +16,27 @@ the cache (``HF_HUB_CACHE`` / ``HF_HOME``) and the token (``token=``, ``HF_TOKEN
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath
 from typing import Any
 
-from .card import CARD_NAME, HUB_CONFIG_NAME, PLOT_NAME, write_model_card
+from .card import CARD_NAME, HUB_CONFIG_NAME, PLOT_NAME, render_card_files
 from .errors import ArtifactError, HubError, PbAdaptersError
-from .serialization import ARTIFACT_CONFIG_NAME, ARTIFACT_WEIGHTS_NAME
+from .serialization import (
+    ARTIFACT_CONFIG_NAME,
+    ARTIFACT_WEIGHTS_NAME,
+    MAX_CONFIG_BYTES,
+    declared_weights_limit,
+    read_adapter_config,
+    read_artifact_files,
+    storage_error,
+)
+from .utils.files import folder_lock
 
 __all__ = [
     "ARTIFACT_FILES",
@@ -53,6 +63,8 @@ _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _MAX_SUBFOLDER_LEN = 200
 _MAX_SUBFOLDER_DEPTH = 8
 _MAX_LISTED = 12
+# A README, its plot or the small config.json: anything larger is not a card pb-adapters wrote.
+_MAX_CARD_FILE_BYTES = 16 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------- name checks
@@ -118,13 +130,21 @@ def _validate_repo_id(repo_id: str) -> str:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
+    cause: HFValidationError | None = None
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
+        cause = err
+    # Our own ASCII check too: older huggingface_hub releases (1.3 among them) let non-ASCII
+    # letters, a trailing newline and long namespaces through, and a refused name must never
+    # reach the Hub or the token file.
+    parts = repo_id.split("/")
+    strict = len(parts) <= 2 and all(_SEGMENT_RE.fullmatch(part) for part in parts)
+    if cause is not None or not strict:
         raise HubError(
             f"{repo_id[:100]!a} is neither an existing local folder nor a valid Hub repo id "
             "('namespace/name')"
-        ) from err
+        ) from cause
     return repo_id
 
 
@@ -187,19 +207,40 @@ def _has_token(token: str | bool | None) -> bool:
     return get_token() is not None
 
 
+def _transport_errors() -> tuple[tuple[type[BaseException], ...], ...]:
+    """``(timeouts, connection failures, other transport errors)`` of the HTTP clients present.
+
+    huggingface_hub 1.x talks through ``httpx`` and 2.x through ``httpx2``; either may be absent,
+    so each is imported only if installed (neither is a dependency of this package itself).
+    """
+    import importlib
+
+    timeouts: list[type[BaseException]] = []
+    connects: list[type[BaseException]] = []
+    transports: list[type[BaseException]] = []
+    for name in ("httpx", "httpx2"):
+        try:
+            client = importlib.import_module(name)
+        except ImportError:
+            continue
+        timeouts.append(client.TimeoutException)
+        connects += [client.ConnectError, client.NetworkError]
+        transports.append(client.TransportError)
+    return tuple(timeouts), tuple(connects), tuple(transports)
+
+
 def _network_reason(err: BaseException) -> str | None:
     """A short reason if ``err`` (or an exception it chains) is a network failure."""
-    import httpx2
-
+    timeouts, connects, transports = _transport_errors()
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, httpx2.TimeoutException):
+        if isinstance(current, timeouts):
             return "the connection timed out"
-        if isinstance(current, (httpx2.ConnectError, httpx2.NetworkError)):
+        if isinstance(current, connects):
             return "the connection failed"
-        if isinstance(current, httpx2.TransportError):
+        if isinstance(current, transports):
             return f"network error ({type(current).__name__})"
         current = current.__cause__ or current.__context__
     return None
@@ -404,6 +445,26 @@ def _commit_of(snapshot_file: str, subfolder: str | None) -> str | None:
     return name if _COMMIT_RE.fullmatch(name) else None
 
 
+def _remote_size(
+    api: Any, repo_id: str, filename: str, sub: str | None, revision: str | None
+) -> tuple[int | None, str | None]:
+    """``(size, commit)`` of a file on the Hub, from a HEAD request (nothing is downloaded)."""
+    from huggingface_hub import hf_hub_url
+
+    url = hf_hub_url(repo_id, filename, subfolder=sub, revision=revision, endpoint=api.endpoint)
+    meta = api.get_hf_file_metadata(url=url)
+    return meta.size, meta.commit_hash
+
+
+def _refuse_size(repo_id: str, path: str, size: int | None, limit: int, why: str) -> None:
+    """Refuse a remote file larger than ``limit`` bytes (before it is downloaded)."""
+    if size is not None and size > limit:
+        raise ArtifactError(
+            f"{path} of {repo_id} is {size:,} bytes, more than the {limit:,} bytes {why}; "
+            "it was not downloaded"
+        )
+
+
 def resolve_adapter_folder(
     repo_id_or_path: str | os.PathLike[str],
     *,
@@ -412,6 +473,7 @@ def resolve_adapter_folder(
     token: str | bool | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     local_files_only: bool = False,
+    weights_limit: Callable[[dict[str, Any]], int] | None = None,
 ) -> Path:
     """Return a local folder holding ``adapter_config.json`` and ``adapter_model.safetensors``.
 
@@ -421,6 +483,11 @@ def resolve_adapter_folder(
     returned. Cached files are used without a download when they are current, and whenever
     ``HF_HUB_OFFLINE=1`` or ``local_files_only=True``.
 
+    Sizes are checked from the Hub's metadata before each download: the config may have at most
+    8 MiB, and the weights file no more than its config's records explain (or ``weights_limit``
+    returns for the validated config). A larger file is refused without being downloaded or
+    cached.
+
     Args:
         repo_id_or_path: a folder, or a Hub repo id such as ``"user/cars-mask"``.
         revision: branch, tag or commit id (default: ``main``).
@@ -428,10 +495,13 @@ def resolve_adapter_folder(
         token: Hub token; ``None`` uses ``HF_TOKEN`` or the saved login, ``False`` sends none.
         cache_dir: Hub cache folder (default: ``HF_HUB_CACHE``).
         local_files_only: never touch the network; use the cache only.
+        weights_limit: called with the downloaded, validated config; returns the largest weights
+            file to accept (default: :func:`~pb_adapters.serialization.declared_weights_limit`).
 
     Raises:
         HubError: a name is invalid, or the download failed (the message says why and what to do).
-        ArtifactError: a local path that is not a folder.
+        ArtifactError: a local path that is not a folder; a config that is invalid or a file
+            larger than allowed.
     """
     sub = validate_subfolder(subfolder)
     rev = validate_revision(revision)
@@ -448,16 +518,30 @@ def resolve_adapter_folder(
         "local_files_only": local_files_only,
         "token": token,
     }
+    online = not (local_files_only or _offline())
+    prefix = f"{sub}/" if sub else ""
     current = ARTIFACT_CONFIG_NAME
     try:
+        commit = None
+        if online:
+            size, commit = _remote_size(api, repo_id, ARTIFACT_CONFIG_NAME, sub, rev)
+            _refuse_size(repo_id, prefix + current, size, MAX_CONFIG_BYTES, "a config may have")
+        # At the revision asked for (not the commit), so the cache maps it for offline use.
         config_path = api.hf_hub_download(repo_id, ARTIFACT_CONFIG_NAME, revision=rev, **kwargs)
         # Pin the second file to the commit the first came from: a push in between must not
         # pair a config with the weights of another version.
-        pinned = _commit_of(config_path, sub) or rev
+        pinned = _commit_of(config_path, sub) or commit or rev
         current = ARTIFACT_WEIGHTS_NAME
+        if online:
+            data = read_adapter_config(Path(config_path).parent)
+            limit = (weights_limit or declared_weights_limit)(data)
+            size, _ = _remote_size(api, repo_id, ARTIFACT_WEIGHTS_NAME, sub, pinned)
+            _refuse_size(repo_id, prefix + current, size, limit, "its config's records explain")
         weights_path = api.hf_hub_download(
             repo_id, ARTIFACT_WEIGHTS_NAME, revision=pinned, **kwargs
         )
+    except PbAdaptersError:
+        raise
     except Exception as err:
         raise _translate(
             err,
@@ -472,6 +556,42 @@ def resolve_adapter_folder(
     if Path(weights_path).parent != folder:  # never expected from the cache layout
         raise HubError(f"downloaded files of {repo_id} landed in different folders")
     return folder
+
+
+def _check_remote_sizes(
+    api: Any,
+    repo_id: str,
+    names: tuple[str, ...],
+    sub: str | None,
+    rev: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+) -> str | None:
+    """Refuse, before anything but the config is downloaded (into the cache, never into the
+    caller's folder), a task whose files are larger than allowed; return the commit the files
+    are then downloaded from."""
+    prefix = f"{sub}/" if sub else ""
+    size, commit = _remote_size(api, repo_id, ARTIFACT_CONFIG_NAME, sub, rev)
+    _refuse_size(
+        repo_id, prefix + ARTIFACT_CONFIG_NAME, size, MAX_CONFIG_BYTES, "a config may have"
+    )
+    config_path = api.hf_hub_download(
+        repo_id,
+        ARTIFACT_CONFIG_NAME,
+        subfolder=sub,
+        revision=rev,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+    )
+    pinned = _commit_of(config_path, sub) or commit or rev
+    limit = declared_weights_limit(read_adapter_config(Path(config_path).parent))
+    listed = api.get_paths_info(repo_id, [prefix + name for name in names], revision=pinned)
+    for entry in listed:
+        name = PurePath(entry.path).name
+        size = entry.lfs.size if getattr(entry, "lfs", None) else getattr(entry, "size", None)
+        if name == ARTIFACT_WEIGHTS_NAME:
+            _refuse_size(repo_id, entry.path, size, limit, "its config's records explain")
+        elif name in CARD_FILES:
+            _refuse_size(repo_id, entry.path, size, _MAX_CARD_FILE_BYTES, "a card file may have")
+    return pinned
 
 
 def download_adapter(
@@ -489,11 +609,14 @@ def download_adapter(
 
     Only the files of the task at ``subfolder`` are fetched, never other tasks in the same
     repository. With ``local_dir`` the files are written there (keeping the ``subfolder`` layout
-    below it); otherwise they stay in the Hub cache.
+    below it); otherwise they stay in the Hub cache. The files' sizes are checked from the Hub's
+    metadata first (see :func:`resolve_adapter_folder`; card files may have 16 MiB each): a task
+    with a larger file is refused before any of its files but the config is downloaded.
 
     Raises:
         HubError: invalid names, or the download failed; also when the task has no
             ``adapter_config.json`` (the message lists what is there).
+        ArtifactError: the config is invalid, or a file is larger than allowed.
     """
     sub = validate_subfolder(subfolder)
     rev = validate_revision(revision)
@@ -504,20 +627,26 @@ def download_adapter(
 
     api = HfApi(token=token)
     try:
+        pinned = rev
+        if not (local_files_only or _offline()):
+            pinned = _check_remote_sizes(api, repo_id, names, sub, rev, cache_dir)
         root = api.snapshot_download(
             repo_id,
-            revision=rev,
+            revision=pinned,
             allow_patterns=[prefix + name for name in names],
             cache_dir=None if cache_dir is None else str(cache_dir),
             local_dir=None if local_dir is None else str(local_dir),
             local_files_only=local_files_only,
             token=token,
         )
+    except PbAdaptersError:
+        raise
     except Exception as err:
         raise _translate(
             err,
             repo_id=repo_id,
             revision=rev,
+            filename=ARTIFACT_CONFIG_NAME,
             subfolder=sub,
             token=token,
             local_files_only=local_files_only,
@@ -534,11 +663,35 @@ def download_adapter(
 
 
 # ---------------------------------------------------------------------------- pushing
-def _stage_with_card(folder: Path, repo_id: str, subfolder: str | None, stage: Path) -> None:
-    """Copy the artifact to ``stage`` and write the card files there (the source is untouched)."""
-    for name in ARTIFACT_FILES:
-        shutil.copy2(folder / name, stage / name)
-    write_model_card(stage, repo_id=repo_id, subfolder=subfolder)
+def _stage_upload(
+    source: Path,
+    stage: Path,
+    repo_id: str,
+    subfolder: str | None,
+    write_card: bool,
+    patterns: list[str],
+) -> None:
+    """Copy what to upload to ``stage``: the artifact pair, read and verified as one save's pair
+    (under the folder's lock), the other files ``patterns`` select, and a generated card when
+    ``write_card`` and the source has none. The source is never modified."""
+    with folder_lock(source, shared=True):
+        data, config, weights = read_artifact_files(source)
+        (stage / ARTIFACT_WEIGHTS_NAME).write_bytes(weights)
+        (stage / ARTIFACT_CONFIG_NAME).write_bytes(config)
+        for path in source.iterdir():
+            if (
+                path.name not in ARTIFACT_FILES
+                and path.is_file()
+                and any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)
+            ):
+                shutil.copyfile(path, stage / path.name)
+    if write_card and not (source / CARD_NAME).is_file():
+        for name, content in render_card_files(data, weights, repo_id, subfolder=subfolder).items():
+            target = stage / name
+            if content is None:
+                target.unlink(missing_ok=True)
+            else:
+                target.write_bytes(content)
 
 
 def push_folder_to_hub(
@@ -567,8 +720,11 @@ def push_folder_to_hub(
         The commit url; the returned object is a ``huggingface_hub.CommitInfo`` (a ``str``) with
         ``.oid`` and, for ``create_pr=True``, ``.pr_url``.
 
+    The artifact pair is read under the folder's lock and verified (the config validated, the
+    weights hashed and parsed) before anything is sent.
+
     Raises:
-        ArtifactError: ``folder`` is not an artifact folder.
+        ArtifactError: ``folder`` is not a complete, valid artifact folder.
         HubError: invalid names, authentication, permission or network problems.
     """
     rev, sub = validate_hub_target(repo_id, revision=revision, subfolder=subfolder)
@@ -591,10 +747,13 @@ def push_folder_to_hub(
 
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="pb-adapters-push-") as tmp:
-        upload_from = source
-        if write_card and not (source / CARD_NAME).is_file():
-            upload_from = Path(tmp)
-            _stage_with_card(source, repo_id, sub, upload_from)
+        # Upload a verified copy: a save into the folder meanwhile cannot mix two versions, and
+        # a corrupt pair is refused before anything is sent.
+        upload_from = Path(tmp)
+        try:
+            _stage_upload(source, upload_from, repo_id, sub, write_card, patterns)
+        except OSError as err:
+            raise storage_error(err, f"stage {source} for the upload") from None
         try:
             api.create_repo(repo_id, private=private, exist_ok=True, token=token)
             if rev and rev != "main" and not rev.startswith("refs/"):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ArtifactError, FormatVersionError
+from .errors import ArtifactError, ConfigError, FormatVersionError
 from .utils.bits import BYTE_POPCOUNT, count_one_bits
 
 __all__ = [
@@ -208,7 +208,7 @@ def encode_bit_planes(
     ``mask_encoding="bitpack"``).
     """
     if mask_encoding not in MASK_ENCODINGS:
-        raise ValueError(
+        raise ConfigError(
             f"mask_encoding must be one of {', '.join(MASK_ENCODINGS)}, got {mask_encoding!r}"
         )
     out = dict(tensors)

@@ -9,13 +9,14 @@ previous artifact intact.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,22 @@ from safetensors import deserialize as safetensors_deserialize
 from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
-from .errors import ArtifactError, FormatVersionError
+from .config import MAX_NUM_LABELS, AdapterConfig
+from .errors import (
+    ArtifactError,
+    ConfigError,
+    FormatVersionError,
+    StorageError,
+    TargetExistsError,
+)
 from .mask_coding import (
     DEFAULT_MASK_ENCODING,
     check_tensor_encodings,
     decode_bit_planes,
     encode_bit_planes,
 )
-from .utils.files import atomic_write_bytes, fsync_path
+from .registry import get_method
+from .utils.files import discard, folder_lock, fsync_path, remove_leftovers, replace_files
 from .utils.names import validate_adapter_name
 
 __all__ = [
@@ -40,10 +49,19 @@ __all__ = [
     "ARTIFACT_WEIGHTS_NAME",
     "BASE_WEIGHTS",
     "FORMAT_VERSION",
+    "MAX_CONFIG_BYTES",
     "SUPPORTED_FORMAT_VERSIONS",
+    "build_artifact",
+    "commit_artifact",
+    "config_bytes",
+    "declared_weights_limit",
     "fingerprint_tensors",
+    "prepare_folder",
     "read_adapter_config",
     "read_adapter_tensors",
+    "read_artifact_files",
+    "storage_error",
+    "weights_size_limit",
     "write_artifact",
 ]
 
@@ -58,14 +76,17 @@ SUPPORTED_FORMAT_VERSIONS = (1, 2)
 #: An optional field: older artifacts lack it, and older releases ignore it.
 BASE_WEIGHTS = ("pretrained", "modified", "random", "unknown")
 
-# A config of thousands of modules and 21k labels is a few MiB; parsing JSON costs at most ~30x
-# its size in memory, so this also bounds what a hostile config can allocate.
-_MAX_CONFIG_BYTES = 8 * 1024 * 1024
+#: The largest ``adapter_config.json`` read or written. A config of thousands of modules and 21k
+#: labels is a few MiB; parsing JSON costs at most ~30x its size in memory, so this also bounds
+#: what a hostile config can allocate.
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
 # Room for the safetensors header (names, dtypes, shapes, offsets, our metadata) beyond the
 # tensor bytes the config implies: a weights file larger than that is refused before reading.
 _HEADER_ALLOWANCE = 1024 * 1024
 _HEADER_BYTES_PER_TENSOR = 4096
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# Tasks of one artifact (methods whose tasks share layers index them in one byte).
+_MAX_TASKS = 256
 
 
 # ---------------------------------------------------------------------------- fingerprints
@@ -95,7 +116,7 @@ def _recorded_weights_hash(folder: Path) -> str | None:
     """The weights hash the folder's current config records, or ``None`` if there is none."""
     path = folder / ARTIFACT_CONFIG_NAME
     try:
-        if path.stat().st_size > _MAX_CONFIG_BYTES:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
             return None
         value = json.loads(path.read_text(encoding="utf-8")).get("weights_sha256")
     except (OSError, ValueError, RecursionError, AttributeError):
@@ -103,8 +124,9 @@ def _recorded_weights_hash(folder: Path) -> str | None:
     return value if isinstance(value, str) and _SHA256_HEX.fullmatch(value) else None
 
 
-def _keep_previous_weights(folder: Path, new_sha256: str) -> None:
-    """Hard-link the current weights under a name derived from the hash the old config records.
+def _keep_previous_weights(folder: Path, new_sha256: str) -> Path | None:
+    """Hard-link the current weights under a name derived from the hash the old config records;
+    return the new link (``None`` when none was made).
 
     Between the two renames of a save, the folder holds the new weights and the old config; the
     reader then finds the old weights under this name, so the previous artifact stays loadable
@@ -113,36 +135,40 @@ def _keep_previous_weights(folder: Path, new_sha256: str) -> None:
     old = _recorded_weights_hash(folder)
     weights = folder / ARTIFACT_WEIGHTS_NAME
     if old is None or old == new_sha256 or not weights.is_file():
-        return
+        return None
     backup = _backup_path(folder, old)
+    if backup.is_file():
+        # Left by a save killed after replacing the weights: it holds the weights the config
+        # records, which the folder's weights file no longer does.
+        return None
     tmp = backup.with_name(f"{backup.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
+    discard(tmp)
     try:
-        os.link(weights, tmp)
-    except OSError:  # no hard links on this file system: copy instead
-        shutil.copyfile(weights, tmp)
-    os.replace(tmp, backup)
+        try:
+            os.link(weights, tmp)
+        except OSError:  # no hard links on this file system: copy instead
+            shutil.copyfile(weights, tmp)
+        os.replace(tmp, backup)
+    except BaseException:
+        discard(tmp)
+        raise
+    return backup
 
 
-def write_artifact(
-    folder: str | Path,
+def build_artifact(
     config: dict[str, Any],
     tensors: dict[str, Tensor],
     *,
     bit_planes: Iterable[str] = (),
     mask_encoding: str = DEFAULT_MASK_ENCODING,
-) -> Path:
-    """Write an artifact folder: the weights first, then the config that names their hash.
+) -> tuple[dict[str, Any], bytes]:
+    """The artifact's final config and the bytes of its weights file; writes nothing.
 
     The tensors named in ``bit_planes`` (packed ``uint8`` masks) are entropy-coded where that is
     smaller unless ``mask_encoding="bitpack"``; the coded ones are listed in the config's
     ``tensor_encodings``, and the format version is 2 when there are any, else 1 (readable by
-    older releases). Each file is replaced atomically; the config records the SHA-256 of the
-    weights file, so a reader notices a mismatched pair. While the pair is replaced the previous
-    weights stay reachable (see :func:`read_adapter_tensors`), so a save killed at any point
-    leaves either the previous or the new artifact loadable.
+    older releases). The config records the SHA-256 of the weights.
     """
-    folder = Path(folder)
     tensors, coded = encode_bit_planes(tensors, list(bit_planes), mask_encoding)
     version = FORMAT_VERSION if coded else 1
     encodings = {r["name"]: r["encoding"] for r in config.get("modules", [])}
@@ -161,15 +187,101 @@ def write_artifact(
     if coded:
         config["tensor_encodings"] = coded
     config["weights_sha256"] = hashlib.sha256(payload).hexdigest()
-    folder.mkdir(parents=True, exist_ok=True)
-    _keep_previous_weights(folder, config["weights_sha256"])
-    atomic_write_bytes(folder / ARTIFACT_WEIGHTS_NAME, payload)
-    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-    atomic_write_bytes(folder / ARTIFACT_CONFIG_NAME, text.encode("utf-8"))
-    for stale in folder.glob(f".{ARTIFACT_WEIGHTS_NAME}.*.prev"):
-        stale.unlink(missing_ok=True)
-    fsync_path(folder)
+    return config, payload
+
+
+def config_bytes(config: dict[str, Any]) -> bytes:
+    """``adapter_config.json``'s bytes for the final ``config`` of :func:`build_artifact`."""
+    return (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def storage_error(err: OSError, action: str) -> StorageError:
+    """A :class:`~pb_adapters.errors.StorageError` for ``err``, raised while doing ``action``."""
+    cls = (
+        TargetExistsError
+        if isinstance(err, (FileExistsError, NotADirectoryError))
+        else StorageError
+    )
+    reason = err.strerror or str(err) or type(err).__name__
+    return cls(err.errno, f"cannot {action}: {reason}", err.filename)
+
+
+def prepare_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) unless it exists; refuse a path that is not a folder."""
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(errno.EEXIST, "it exists and is not a folder", str(folder))
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise storage_error(err, f"write the artifact folder {folder}") from None
+
+
+def commit_artifact(
+    folder: str | Path,
+    config: dict[str, Any],
+    payload: bytes,
+    extra_files: Mapping[str, bytes | None] | None = None,
+) -> Path:
+    """Write what :func:`build_artifact` made into ``folder``, with ``extra_files`` (the card:
+    ``{name: bytes}``, ``None`` to delete a file), all together or not at all.
+
+    Holds the folder's exclusive lock (:func:`~pb_adapters.utils.files.folder_lock`), so that
+    concurrent saves into one folder run one after the other and readers never see a save half
+    done. Every file is first written and flushed under a temporary name, then the files are
+    renamed into place (weights, config, then the others); an error at any step (a full disk)
+    leaves the folder as it was and raises :class:`~pb_adapters.errors.StorageError`. While the
+    pair is replaced the previous weights stay reachable (see :func:`read_adapter_tensors`), so a
+    process killed at any point leaves either the previous or the new artifact loadable.
+    """
+    folder = Path(folder)
+    text = config_bytes(config)
+    _expect(
+        len(text) <= MAX_CONFIG_BYTES,
+        f"the adapter config would take {len(text)} bytes, more than the {MAX_CONFIG_BYTES} a "
+        "reader accepts: record fewer labels or metrics",
+    )
+    prepare_folder(folder)
+    files: dict[str, bytes | None] = {
+        ARTIFACT_WEIGHTS_NAME: payload,
+        ARTIFACT_CONFIG_NAME: text,
+        **(extra_files or {}),
+    }
+    try:
+        with folder_lock(folder):
+            remove_leftovers(folder, list(files))
+            backup = _keep_previous_weights(folder, config["weights_sha256"])
+            try:
+                replace_files(folder, files)
+            except BaseException:
+                if backup is not None:
+                    discard(backup)
+                raise
+            for stale in folder.glob(f".{ARTIFACT_WEIGHTS_NAME}.*.prev"):
+                discard(stale)
+            fsync_path(folder)
+    except OSError as err:
+        raise storage_error(err, f"save the artifact in {folder}") from None
     return folder
+
+
+def write_artifact(
+    folder: str | Path,
+    config: dict[str, Any],
+    tensors: dict[str, Tensor],
+    *,
+    bit_planes: Iterable[str] = (),
+    mask_encoding: str = DEFAULT_MASK_ENCODING,
+) -> Path:
+    """Write an artifact folder: :func:`build_artifact`, then :func:`commit_artifact`.
+
+    Raises:
+        StorageError: the folder could not be written (it is left as it was).
+        TargetExistsError: ``folder`` is a file, or lies below one.
+    """
+    final, payload = build_artifact(
+        config, tensors, bit_planes=bit_planes, mask_encoding=mask_encoding
+    )
+    return commit_artifact(folder, final, payload)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -239,8 +351,8 @@ def _validate_labels(data: dict[str, Any]) -> None:
     head = data["head"]
     num_labels = head.get("num_labels")
     _expect(
-        num_labels is None or (_is_int(num_labels) and num_labels > 0),
-        "'head.num_labels' must be a positive integer",
+        num_labels is None or (_is_int(num_labels) and 0 < num_labels <= MAX_NUM_LABELS),
+        f"'head.num_labels' must be an integer from 1 to {MAX_NUM_LABELS}",
     )
     id2label = data.get("id2label")
     if id2label is not None:
@@ -254,11 +366,15 @@ def _validate_labels(data: dict[str, Any]) -> None:
             num_labels is None or num_labels == len(id2label),
             f"'id2label' has {len(id2label)} entries but 'head.num_labels' is {num_labels}",
         )
+    classes = num_labels if num_labels is not None else len(id2label or {}) or MAX_NUM_LABELS
     label2id = data.get("label2id")
     _expect(
         label2id is None
-        or (isinstance(label2id, dict) and all(_is_int(v) and v >= 0 for v in label2id.values())),
-        "'label2id' must map strings to class indices",
+        or (
+            isinstance(label2id, dict)
+            and all(_is_int(v) and 0 <= v < classes for v in label2id.values())
+        ),
+        f"'label2id' must map strings to class indices below {classes}",
     )
 
 
@@ -269,6 +385,7 @@ def _validate_tasks(data: dict[str, Any]) -> None:
     if tasks is None:
         return
     _expect(isinstance(tasks, list), "'tasks' must be a list of task records")
+    _expect(len(tasks) < _MAX_TASKS, f"'tasks' lists {len(tasks)} tasks; at most {_MAX_TASKS - 1}")
     names = [data.get("task_name")]
     for index, record in enumerate(tasks):
         where = f"tasks[{index}]"
@@ -305,13 +422,17 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
         FormatVersionError: the artifact uses a format version this release cannot read.
     """
     path = Path(folder) / ARTIFACT_CONFIG_NAME
-    if not path.is_file():
-        raise ArtifactError(
-            f"no {ARTIFACT_CONFIG_NAME} in {folder}: is this a pb-adapters artifact folder?"
-        )
-    _expect(path.stat().st_size <= _MAX_CONFIG_BYTES, f"{path} is implausibly large")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if not path.is_file():
+            raise ArtifactError(
+                f"no {ARTIFACT_CONFIG_NAME} in {folder}: is this a pb-adapters artifact folder?"
+            )
+        _expect(path.stat().st_size <= MAX_CONFIG_BYTES, f"{path} is implausibly large")
+        text = path.read_bytes()
+    except OSError as err:
+        raise storage_error(err, f"read {path}") from None
+    try:
+        data = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
         raise ArtifactError(f"{path} is not valid JSON: {err}") from None
     except RecursionError:
@@ -354,10 +475,11 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     _validate_modules(data.get("modules"))
     data.setdefault("saved_modules", [])  # optional: the loader then finds the head missing
     _validate_saved_modules(data["saved_modules"])
-    _expect(
-        data.get("task_name") is None or isinstance(data["task_name"], str),
-        "'task_name' must be a string",
-    )
+    if data.get("task_name") is not None:
+        try:
+            validate_adapter_name(data["task_name"])
+        except ValueError as err:
+            raise ArtifactError(f"'task_name': {err}") from None
     _validate_tasks(data)
     head = data.get("head")
     _expect(isinstance(head, dict), "'head' must be an object")
@@ -396,6 +518,94 @@ _DTYPES = {
 }
 
 
+def weights_size_limit(expected: Mapping[str, tuple[torch.dtype | None, tuple[int, ...]]]) -> int:
+    """The largest weights file that holds the ``expected`` tensors (``key: (dtype, shape)``;
+    a dtype of ``None`` counts 8 bytes an entry), header included."""
+    return _HEADER_ALLOWANCE + sum(
+        _HEADER_BYTES_PER_TENSOR + math.prod(shape) * (8 if dtype is None else dtype.itemsize)
+        for dtype, shape in expected.values()
+    )
+
+
+def declared_weights_limit(data: dict[str, Any]) -> int:
+    """The largest weights file the validated config ``data`` (of :func:`read_adapter_config`)
+    explains: the tensors its records declare, checked against nothing else.
+
+    A loader knows better (it checks the records against the model first); this is the bound
+    for a file that has no model yet (a download, ``pb-adapters info``, a push).
+    """
+    try:
+        config = AdapterConfig.from_dict(data["config"])
+        layer_class = get_method(config.method).layer_class
+        expected: dict[str, tuple[torch.dtype | None, tuple[int, ...]]] = {}
+        for record in data["modules"]:
+            for key, item in layer_class.expected_tensors(tuple(record["shape"]), config).items():
+                expected[f"layers.{record['name']}.{key}"] = item
+    except (ConfigError, ArtifactError) as err:
+        raise ArtifactError(f"invalid adapter config: {err}") from None
+    tasks = [("modules.", data)] + [(f"tasks.{t['name']}.", t) for t in data.get("tasks") or []]
+    for prefix, task in tasks:
+        for saved in task["saved_modules"]:
+            for key, shape in saved["tensors"].items():
+                expected[f"{prefix}{saved['path']}.{key}"] = (None, tuple(shape))
+    return weights_size_limit(expected)
+
+
+def _read_weights(folder: Path, weights_sha256: str, limit: int) -> tuple[Path, bytes]:
+    """The weights file's bytes, refused unread above ``limit`` bytes, whose hash must be
+    ``weights_sha256`` (the file itself, or the copy a save keeps while it replaces it)."""
+    path = folder / ARTIFACT_WEIGHTS_NAME
+    try:
+        if not path.is_file():
+            raise ArtifactError(
+                f"no {ARTIFACT_WEIGHTS_NAME} in {folder}; the artifact is incomplete"
+            )
+        for candidate in (path, _backup_path(folder, weights_sha256)):  # see commit_artifact
+            if candidate.is_file() and candidate.stat().st_size <= limit:
+                data = candidate.read_bytes()
+                if hashlib.sha256(data).hexdigest() == weights_sha256:
+                    return candidate, data
+        size = path.stat().st_size
+    except OSError as err:
+        raise storage_error(err, f"read {path}") from None
+    if size > limit:
+        raise ArtifactError(
+            f"{path} is {size} bytes, more than the {limit} bytes the tensors listed in "
+            f"{ARTIFACT_CONFIG_NAME} can fill; the file is corrupt or not this adapter's"
+        )
+    raise ArtifactError(
+        f"{path} does not match the hash recorded in {ARTIFACT_CONFIG_NAME}: the file is corrupt "
+        "or belongs to another save (was a save interrupted?); save or download it again"
+    )
+
+
+def read_artifact_files(folder: str | Path) -> tuple[dict[str, Any], bytes, bytes]:
+    """``(config, config bytes, weights bytes)`` of an artifact folder, read as one save's pair.
+
+    Read under the folder's shared lock (a save running meanwhile is waited for). The config is
+    validated; the weights must be no larger than the config's records explain
+    (:func:`declared_weights_limit`), hash to what the config records and parse as safetensors.
+    Nothing is checked against a model.
+
+    Raises:
+        ArtifactError: the files are missing, malformed or do not belong together.
+        StorageError: a file could not be read.
+    """
+    folder = Path(folder)
+    with folder_lock(folder, shared=True):
+        data = read_adapter_config(folder)
+        try:
+            text = (folder / ARTIFACT_CONFIG_NAME).read_bytes()
+        except OSError as err:
+            raise storage_error(err, f"read {folder / ARTIFACT_CONFIG_NAME}") from None
+        path, raw = _read_weights(folder, data["weights_sha256"], declared_weights_limit(data))
+    try:
+        safetensors_deserialize(raw)
+    except SafetensorError as err:
+        raise ArtifactError(f"{path} is not a valid safetensors file: {err}") from None
+    return data, text, raw
+
+
 def read_adapter_tensors(
     folder: str | Path,
     expected: dict[str, tuple[torch.dtype | None, tuple[int, ...]]],
@@ -419,31 +629,8 @@ def read_adapter_tensors(
             dtype == torch.uint8 and len(shape) == 1,
             f"tensor {key!r} is recorded as entropy-coded but is not a packed bit plane here",
         )
-    path = Path(folder) / ARTIFACT_WEIGHTS_NAME
-    if not path.is_file():
-        raise ArtifactError(f"no {ARTIFACT_WEIGHTS_NAME} in {folder}; the artifact is incomplete")
     # The largest file the expected tensors can fill: anything bigger is refused unread.
-    limit = _HEADER_ALLOWANCE + sum(
-        _HEADER_BYTES_PER_TENSOR + math.prod(shape) * (8 if dtype is None else dtype.itemsize)
-        for dtype, shape in expected.values()
-    )
-    raw: bytes | None = None
-    for candidate in (path, _backup_path(Path(folder), weights_sha256)):  # see write_artifact
-        if candidate.is_file() and candidate.stat().st_size <= limit:
-            data = candidate.read_bytes()
-            if hashlib.sha256(data).hexdigest() == weights_sha256:
-                path, raw = candidate, data
-                break
-    if raw is None:
-        if path.stat().st_size > limit:
-            raise ArtifactError(
-                f"{path} is {path.stat().st_size} bytes, more than the {limit} bytes the tensors "
-                f"listed in {ARTIFACT_CONFIG_NAME} can fill; the file is corrupt or not this adapter's"
-            )
-        raise ArtifactError(
-            f"{path} does not match the hash recorded in {ARTIFACT_CONFIG_NAME}: the file is corrupt "
-            "or belongs to another save (was a save interrupted?); save or download it again"
-        )
+    path, raw = _read_weights(Path(folder), weights_sha256, weights_size_limit(expected))
     # Parse the very bytes that were hashed: a save running meanwhile cannot swap the file.
     try:
         entries = dict(safetensors_deserialize(raw))

@@ -23,6 +23,7 @@ __all__ = [
     "ModelFamily",
     "find_head_paths",
     "find_norm_paths",
+    "injectable_paths",
     "is_image_classifier",
     "is_norm_layer",
     "is_transformers_model",
@@ -30,6 +31,7 @@ __all__ = [
     "match_module_names",
     "model_family",
     "resolve_target_modules",
+    "unmatched_names",
 ]
 
 ModelFamily = Literal["timm", "transformers", "torch"]
@@ -212,6 +214,15 @@ def find_norm_paths(model: nn.Module, skip: Iterable[str] = ()) -> list[str]:
     ]
 
 
+def _suffixes(name: str) -> Iterator[str]:
+    """``name`` and each of its dotted suffixes: ``a.b.c``, ``b.c``, ``c``."""
+    yield name
+    start = name.find(".")
+    while start != -1:
+        yield name[start + 1 :]
+        start = name.find(".", start + 1)
+
+
 def match_module_names(names: Iterable[str], pattern: list[str] | str) -> list[str]:
     """Names matching ``pattern``: a regex (full match) or a list of exact names / dotted suffixes."""
     if isinstance(pattern, str):
@@ -220,8 +231,17 @@ def match_module_names(names: Iterable[str], pattern: list[str] | str) -> list[s
         except re.error as err:
             raise TargetingError(f"invalid regular expression {pattern!r}: {err}") from None
         return [n for n in names if regex.fullmatch(n)]
+    # A set lookup per suffix: linear in the number of names, whatever the length of the list.
     wanted = set(pattern)
-    return [n for n in names if n in wanted or any(n.endswith("." + w) for w in wanted)]
+    return [n for n in names if any(s in wanted for s in _suffixes(n))]
+
+
+def unmatched_names(names: Iterable[str], pattern: list[str]) -> list[str]:
+    """The entries of the name list ``pattern`` that match none of ``names``."""
+    found: set[str] = set()
+    for name in names:
+        found.update(_suffixes(name))
+    return [p for p in pattern if p not in found]
 
 
 def _inside(name: str, roots: Iterable[str]) -> bool:
@@ -289,3 +309,15 @@ def resolve_target_modules(
             f"no module of {type(model).__name__} would be masked; check target_modules"
         )
     return selected
+
+
+def injectable_paths(model: nn.Module) -> list[str]:
+    """Every module path a mask may be put on: the supported layers outside the classifier head.
+
+    A layer already wrapped counts under its own path; the inside of a wrapper (its
+    ``base_layer``) is not a separate layer. Paths an artifact names are checked against this set.
+    """
+    try:
+        return resolve_target_modules(model)
+    except TargetingError:  # nothing to mask at all
+        return []

@@ -10,14 +10,19 @@ import hashlib
 import json
 import struct
 import tempfile
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-from pb_adapters import PiggybackConfig, PiggybackModel, get_piggyback_model
+from pb_adapters import PackNetConfig, PiggybackConfig, PiggybackModel, get_piggyback_model
 from pb_adapters.heads import get_label_state
+from pb_adapters.methods.packnet import finalize_task, prune_task
 from pb_adapters.serialization import ARTIFACT_CONFIG_NAME, ARTIFACT_WEIGHTS_NAME
 
 CONFIG = ARTIFACT_CONFIG_NAME
@@ -71,10 +76,27 @@ def trained(variant: str, adapter_name: str = "default", seed: int = 1) -> Piggy
     return model.eval()
 
 
-def artifact_files(model: PiggybackModel, adapter_name: str | None = None) -> dict[str, bytes]:
+def packnet(tasks: tuple[str, ...] = ("t1", "t2"), seed: int = 2) -> PiggybackModel:
+    """A wrapped :func:`micro_base` holding packed PackNet ``tasks`` (one artifact stores all)."""
+    model = PiggybackModel(micro_base())
+    generator = torch.Generator().manual_seed(seed)
+    for name in tasks:
+        model.add_adapter(name, PackNetConfig(num_labels=3, prune_ratio=0.5))
+        model.set_adapter(name)
+        with torch.no_grad():
+            for param in model.parameter_groups(name).get("weights", []):
+                param.add_(torch.randn(param.shape, generator=generator))
+        prune_task(model, name)
+        finalize_task(model, name)
+    return model.eval()
+
+
+def artifact_files(
+    model: PiggybackModel, adapter_name: str | None = None, mask_encoding: str = "ans"
+) -> dict[str, bytes]:
     """The two artifact files ``save_pretrained`` writes, as bytes."""
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, adapter_name, write_card=False)
+        model.save_pretrained(tmp, adapter_name, write_card=False, mask_encoding=mask_encoding)
         return {name: (Path(tmp) / name).read_bytes() for name in (CONFIG, WEIGHTS)}
 
 
@@ -145,3 +167,36 @@ def same_state(before: dict[str, Any], after: dict[str, Any]) -> bool:
             return False
     rest = [k for k in before if k != "tensors"]
     return all(before[k] == after[k] for k in rest)
+
+
+class TensorAllocations(TorchDispatchMode):
+    """Records the tensors torch creates while active (on real devices; ``meta`` is free)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor) and leaf.device.type != "meta":
+                self.largest = max(self.largest, leaf.numel() * leaf.element_size())
+        return out
+
+
+def measure(call: Any) -> tuple[BaseException | None, int, int, float]:
+    """Run ``call``; return ``(exception or None, Python-heap peak, largest tensor, seconds)``."""
+    allocations = TensorAllocations()
+    tracemalloc.start()
+    start = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        with allocations:
+            call()
+    except Exception as err:  # returned to the test, which decides what is acceptable
+        error = err
+    finally:
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return error, peak, allocations.largest, seconds

@@ -1,7 +1,8 @@
 """Work done in child processes that the kill tests SIGKILL at random points.
 
-The children are forked from the test process after :func:`_warm_up`, so each starts in
-milliseconds instead of a fresh interpreter's seconds of imports.
+The children are forked from a fork server that imported this module (and ran
+:func:`_warm_up`), so each starts in milliseconds instead of a fresh interpreter's seconds of
+imports.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image
 from pb_adapters import PiggybackConfig, get_piggyback_model
 from pb_adapters.training.data import DataConfig, build_transforms, load_image_folder
 from pb_adapters.training.trainer import PiggybackTrainer, TrainingArguments
+from tests.devices import cpu_copy, exactly, suite_device
 from tests.factories import tiny_timm
 from tests.reliability.artifacts import trained
 
@@ -28,8 +30,11 @@ def _warm_up() -> None:
     before forking, so that no child spends its life importing."""
     import matplotlib.backends.backend_agg  # noqa: F401
     import transformers  # noqa: F401
+    from tqdm.auto import tqdm
 
     trained("binary")
+    # tqdm's process-shared lock: made once here, not in each child, where SIGKILL would leak it
+    tqdm.get_lock()
 
 
 _warm_up()
@@ -46,8 +51,9 @@ def save_versions(folder: str, start: int, ready: Connection) -> None:
     ready.send("ready")
     version = start
     while True:
-        # every third save without the card: kills then land among the artifact's own writes
-        model.save_pretrained(folder, metrics={"version": version}, write_card=version % 3 != 0)
+        # a save renders its card before it writes anything: only every third save has one, so
+        # that most kills land among the files' writes rather than in the plot's rendering
+        model.save_pretrained(folder, metrics={"version": version}, write_card=version % 3 == 0)
         version += 1
         model = versioned_model(version)
 
@@ -92,18 +98,25 @@ def make_trainer(
     return PiggybackTrainer(model, replace(args, **overrides), splits=splits)
 
 
+def run(data: str, out: str, resume: str | None = None) -> PiggybackTrainer:
+    """Train (or resume) :func:`make_trainer`'s run to its end, bit-exact on every device."""
+    with exactly(suite_device()):
+        trainer = make_trainer(data, out, resume)
+        trainer.train()
+    return trainer
+
+
 def trained_state(trainer: PiggybackTrainer) -> dict[str, torch.Tensor]:
-    """The mask bits and head weights a run ended with."""
+    """CPU copies of the mask bits and head weights a run ended with."""
     model = trainer.model
     state = {f"mask:{path}": layer.mask("default") != 0 for path, layer in model.adapter_layers()}
     for name, param in model.named_parameters():
         if param.requires_grad and "mask_scores" not in name:
-            state[name] = param.detach().clone()
-    return state
+            state[name] = param
+    return cpu_copy(state)
 
 
 def train(data: str, out: str, resume: str | None, log: str) -> None:
     """Run (or resume) the kill test's training; record the steps it finished."""
-    trainer = make_trainer(data, out, resume)
-    trainer.train()
+    run(data, out, resume)
     Path(log).write_text(json.dumps({"finished": True}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from pb_adapters.training.data import DataConfig, build_transforms
 from pb_adapters.training.demo import load_demo_dataset
 from pb_adapters.training.errors import CheckpointError
 from pb_adapters.training.trainer import PiggybackTrainer, TrainingArguments, latest_checkpoint
+from tests.devices import cpu_copy, exactly, same_tensors
 from tests.factories import tiny_timm
 
 
@@ -48,26 +50,31 @@ def _trainer(splits, out: Path, **kwargs) -> PiggybackTrainer:
 
 
 def _trained(trainer: PiggybackTrainer) -> dict[str, torch.Tensor]:
+    """CPU copies of the masks' scores and the head (trained ones may live on CUDA)."""
     groups = trainer.model.parameter_groups()
     names = {id(p): n for n, p in trainer.model.named_parameters()}
-    return {names[id(p)]: p.detach().clone() for g in ("masks", "head") for p in groups[g]}
-
-
-def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return cpu_copy({names[id(p)]: p for g in ("masks", "head") for p in groups[g]})
 
 
 def _curve(result) -> list[tuple[float, float, float]]:
     return [(h["train_loss"], h["train_top1"], h["val_loss"]) for h in result.history]
 
 
+@pytest.fixture
+def exact(device: torch.device) -> Iterator[None]:
+    """Bit-exact runs: on CUDA with deterministic algorithms, on the CPU as they are."""
+    with exactly(device):
+        yield
+
+
+@pytest.mark.usefixtures("exact")
 def test_resume_is_bit_exact(splits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the reference: one uninterrupted run, checkpoints every 2 steps and after every epoch
     ref = _trainer(splits, tmp_path / "ref", save_steps=2)
     ref_result = ref.train()
     expected = _trained(ref)
     initial = _trained(_trainer(splits, tmp_path / "unused"))
-    assert not _same(expected, initial)  # the run really changed masks and head
+    assert not same_tensors(expected, initial)  # the run really changed masks and head
     assert (tmp_path / "ref" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpts = tmp_path / "ref" / "checkpoints"
     # steps 2 (save_steps), 3 (epoch 1), 4 (save_steps), 6 (epoch 2): only the last two remain
@@ -83,7 +90,7 @@ def test_resume_is_bit_exact(splits, tmp_path: Path, monkeypatch: pytest.MonkeyP
         splits, tmp_path / "other", resume_from_checkpoint=str(ckpts / "step-00000004")
     )
     result = resumed.train()
-    assert _same(_trained(resumed), expected)
+    assert same_tensors(_trained(resumed), expected)
     assert _curve(result) == _curve(ref_result) and result.best_epoch == ref_result.best_epoch
     lines = (tmp_path / "other" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x).get("epoch") for x in lines] == [1, 2, None]
@@ -108,7 +115,7 @@ def test_resume_is_bit_exact(splits, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert not list((tmp_path / "cut" / "checkpoints").glob(".tmp-*"))
     again = _trainer(splits, tmp_path / "cut", resume_from_checkpoint="latest")
     result = again.train()
-    assert _same(_trained(again), expected)
+    assert same_tensors(_trained(again), expected)
     assert _curve(result) == _curve(ref_result)
 
 
@@ -123,6 +130,7 @@ def test_resume_errors(splits, tmp_path: Path) -> None:
         TrainingArguments(save_steps=0)
 
 
+@pytest.mark.usefixtures("exact")
 def test_resume_with_gradient_accumulation(splits, tmp_path: Path) -> None:
     # 3 batches per epoch, 2 per step: the odd batch at an epoch's end must not leak into the
     # next epoch's first step, in the uninterrupted run as in a resumed one
@@ -138,13 +146,14 @@ def test_resume_with_gradient_accumulation(splits, tmp_path: Path) -> None:
         resumed = _trainer(splits, tmp_path / name, resume_from_checkpoint=str(ckpt), **kwargs)
         resumed.args.batch_size = 8
         resumed.train()
-        assert _same(_trained(resumed), expected), name
+        assert same_tensors(_trained(resumed), expected), name
 
 
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.usefixtures("exact")
 def test_resume_falls_back_past_a_corrupt_or_incomplete_newest_checkpoint(
     splits, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -179,7 +188,7 @@ def test_resume_falls_back_past_a_corrupt_or_incomplete_newest_checkpoint(
         assert "step-00000005" in said and reason in said, said
         assert f"falling back to the previous complete checkpoint, {out}" in said
         assert "step-00000004" in said and "resumed from" in said
-        assert _same(_trained(resumed), expected), name  # as if never interrupted
+        assert same_tensors(_trained(resumed), expected), name  # as if never interrupted
 
     # no usable checkpoint at all: refused, and the run's files are left as they were
     out = damaged("none usable", flip_a_byte)

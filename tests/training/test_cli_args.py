@@ -27,6 +27,7 @@ from pb_adapters.training.cli import (
     training_arguments_from_args,
 )
 from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
+from tests.devices import child_env
 from tests.factories import tiny_transformers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +141,7 @@ def test_example_script_help() -> None:
         text=True,
         timeout=120,
         cwd=REPO,
+        env=child_env(),
     )
     assert proc.returncode == 0, proc.stderr
     for option in ("--model", "--dataset", "--image-column", "--method", "--mask-lr"):

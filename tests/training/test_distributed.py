@@ -1,5 +1,8 @@
 """Real training processes (gloo on CPU) through ``accelerate launch``.
 
+The ranks run on the CPU whatever ``PB_TEST_DEVICE`` says (the worker asks Accelerate for it): the
+test needs two ranks, and a one-GPU machine cannot give each one its own GPU.
+
 ``accelerate launch --multi_gpu --num_processes 2`` starts two ranks even without a GPU (while
 ``--cpu --num_processes 2`` silently starts one). Both ranks must end with identical masks, equal
 to a single-process run over the same global batch, and a 2-process run resumed from a checkpoint
@@ -25,6 +28,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.devices import child_env
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,10 +38,7 @@ ARTIFACT = ("adapter_model.safetensors", "adapter_config.json")
 
 
 def _env() -> dict[str, str]:
-    # the repository (for tests.factories) in front of the caller's path, which may hold the
-    # sources under test (PYTHONPATH=src)
-    path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(path))
+    env = child_env(OMP_NUM_THREADS="1")  # the ranks import the pb_adapters under test
     env.pop("ACCELERATE_CONFIG_FILE", None)
     return env
 

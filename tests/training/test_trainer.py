@@ -16,6 +16,7 @@ from pb_adapters.training.trainer import (
     TrainingArguments,
     prepare_baseline_model,
 )
+from tests.devices import cpu_copy, equal
 from tests.factories import tiny_timm, tiny_transformers
 
 
@@ -50,7 +51,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 def test_piggyback_on_the_real_backbone_learns_digits(tmp_path: Path) -> None:
     splits = _digits(48, max_train=800, max_eval=200)
     base = load_demo_backbone()
-    reference = {k: v.clone() for k, v in base.state_dict().items()}
+    reference = cpu_copy(base.state_dict())  # the trainer may move the base to CUDA
     torch.manual_seed(0)
     model = get_piggyback_model(
         base, PiggybackConfig(id2label=splits.id2label, mask_lr=1e-4, head_lr=1e-2)
@@ -64,7 +65,7 @@ def test_piggyback_on_the_real_backbone_learns_digits(tmp_path: Path) -> None:
     # the base never changes: weights and BatchNorm running statistics are untouched
     for name, tensor in base.state_dict().items():
         if name in reference and not name.startswith("classifier"):
-            assert torch.equal(tensor, reference[name]), name
+            assert equal(tensor, reference[name]), name
     # step decay at the midpoint: x0.1 from epoch 2 on
     assert [h["lr"]["masks"] for h in result.history] == pytest.approx([1e-4, 1e-5])
     assert [h["lr"]["head"] for h in result.history] == pytest.approx([1e-2, 1e-3])
@@ -82,6 +83,7 @@ def test_piggyback_on_the_real_backbone_learns_digits(tmp_path: Path) -> None:
     assert saved["datasets"] == ["mnist-5k"]
     reloaded = PiggybackModel.from_pretrained(load_demo_backbone(), result.artifact_dir)
     trainer = PiggybackTrainer(reloaded, _args(tmp_path, save_artifact=False), splits=splits)
+    reloaded.to(trainer.accelerator.device)  # evaluate() moves the batches, not the model
     assert trainer.evaluate(splits.test)["top1"] == result.test["top1"]
 
 
@@ -89,12 +91,12 @@ def test_head_only_baseline_keeps_the_backbone(tmp_path: Path) -> None:
     splits = _digits(32, max_train=96, max_eval=40)
     model = prepare_baseline_model(tiny_timm("test_efficientnet"), 10, splits.id2label)
     assert model.get_classifier().out_features == 10
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = cpu_copy(model.state_dict())
     args = _args(tmp_path, train_mode="head", head_lr=1e-2, max_steps_per_epoch=3)
     result = PiggybackTrainer(model, args, splits=splits).train()
     assert result.artifact_dir is None and result.test["num_samples"] == 40
     after = model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    changed = {k for k in before if not equal(before[k], after[k])}
     assert changed == {"classifier.weight", "classifier.bias"}
     assert not (Path(args.output_dir) / "adapter_config.json").exists()
 
@@ -102,13 +104,13 @@ def test_head_only_baseline_keeps_the_backbone(tmp_path: Path) -> None:
 def test_finetune_baseline_trains_every_weight(tmp_path: Path) -> None:
     splits = _digits(32, max_train=96, max_eval=40)
     model = prepare_baseline_model(tiny_timm("test_resnet"), 10, splits.id2label)
-    before = {k: v.clone() for k, v in model.named_parameters()}
+    before = cpu_copy(dict(model.named_parameters()))
     args = _args(tmp_path, train_mode="finetune", backbone_lr=1e-3, max_steps_per_epoch=3)
     trainer = PiggybackTrainer(model, args, splits=splits)
     names = [g["name"] for g in trainer.param_groups()]
     assert names == ["backbone", "head"]
     trainer.train()
-    unchanged = [k for k, v in model.named_parameters() if torch.equal(v, before[k])]
+    unchanged = [k for k, v in model.named_parameters() if equal(v, before[k])]
     assert unchanged == []
 
 
@@ -176,28 +178,45 @@ def test_arguments_and_mode_checks(tmp_path: Path) -> None:
         PiggybackTrainer(wrapped, _args(tmp_path, train_mode="finetune"), train)
 
 
-def test_bf16_mixed_precision_keeps_scores_float32(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_keeps_scores_float32(
+    precision: str, device: torch.device, tmp_path: Path
+) -> None:
     from accelerate.state import AcceleratorState
 
+    if precision == "fp16" and device.type != "cuda":
+        pytest.skip("fp16 with loss scaling is a CUDA feature (PB_TEST_DEVICE=cuda runs it)")
     splits = _digits(32, 48, 16)
     model = get_piggyback_model(tiny_timm("test_resnet"), PiggybackConfig(id2label=splits.id2label))
-    before = {n: p.detach().clone() for n, p in model.named_parameters() if "mask_scores" in n}
+    before = cpu_copy({n: p for n, p in model.named_parameters() if "mask_scores" in n})
     seen: list[torch.dtype] = []
     layer = next(layer for _, layer in model.adapter_layers())
     handle = layer.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
-    AcceleratorState._reset_state(True)  # the process-wide state was made without bf16
+    AcceleratorState._reset_state(True)  # the process-wide state was made without mixed precision
     try:
         args = _args(
-            tmp_path, max_steps_per_epoch=2, mask_lr=1e-2, mixed_precision="bf16", cpu=True
+            tmp_path,
+            max_steps_per_epoch=3,
+            mask_lr=1e-2,
+            max_grad_norm=1.0,
+            mixed_precision=precision,
         )
         trainer = PiggybackTrainer(model, args, splits=splits)
-        assert trainer.accelerator.mixed_precision == "bf16"
+        acc = trainer.accelerator
+        assert acc.mixed_precision == precision and acc.device.type == device.type
+        # fp16 gradients underflow without a loss scale: Accelerate scales (and unscales) them
+        assert (acc.scaler is not None) == (precision == "fp16")
         result = trainer.train()
+        scale = acc.scaler.get_scale() if acc.scaler is not None else None
     finally:
         handle.remove()
         AcceleratorState._reset_state(True)
-    assert torch.bfloat16 in seen  # the layers computed under bf16 autocast
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert half in seen  # the layers computed under autocast
     scores = {n: p for n, p in trainer.model.named_parameters() if "mask_scores" in n}
     assert {p.dtype for p in scores.values()} == {torch.float32}
-    assert any(not torch.equal(before[n], p) for n, p in scores.items())
+    assert {p.device.type for p in scores.values()} == {device.type}
+    assert all(bool(torch.isfinite(p).all()) for p in scores.values())
+    assert any(not equal(before[n], p) for n, p in scores.items())  # the scaled steps applied
+    assert scale is None or scale > 0
     assert result.test["num_samples"] == 16 and 0.0 <= result.test["top1"] <= 1.0

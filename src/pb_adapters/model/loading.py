@@ -2,13 +2,19 @@
 
 :meth:`LoadingMixin._plan_load` checks an artifact against the model and reads its tensors into
 fresh task modules without touching the model; :meth:`LoadingMixin._apply_plan` installs what the
-plan holds. A load refused for any reason therefore leaves the model exactly as it was.
+plan holds, and takes it all back if a step fails. A load refused or failing for any reason
+therefore leaves the model exactly as it was.
+
+Sizes the artifact declares are checked before anything is allocated for them: the task
+modules' shapes are worked out without making the modules, compared with the records and with
+the weights file, and the modules are made only then.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +23,16 @@ from torch import Tensor, nn
 
 from ..bases import load_base_model
 from ..config import AdapterConfig
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError, ConfigError, TargetingError
 from ..hub import resolve_adapter_folder
 from ..methods import get_method
 from ..methods.base import AdapterLayer, is_supported_layer
 from ..registry import MethodSpec
-from ..serialization import read_adapter_config, read_adapter_tensors
+from ..serialization import read_adapter_config, read_adapter_tensors, weights_size_limit
+from ..targeting import injectable_paths
+from ..utils.files import folder_lock
 from ..utils.names import normalize_base_name, validate_adapter_name
-from .task_modules import module_tensors
+from .task_modules import module_tensors, new_task_modules, set_submodule, task_module_shapes
 
 __all__ = ["LoadingMixin", "load_named_base"]
 
@@ -41,7 +49,9 @@ class _TaskPlan:
     config: AdapterConfig
     record: dict[str, Any]  # the artifact's fields about this task (labels, head, metrics)
     prefix: str  # where its module tensors live in the weights file
-    modules: dict[str, tuple[str, nn.Module]]  # path -> (kind, module ready to install)
+    shapes: dict[str, tuple[str, dict[str, tuple[int, ...]]]]  # path -> (kind, tensor shapes)
+    # path -> (kind, module ready to install); made only once the weights are read and checked
+    modules: dict[str, tuple[str, nn.Module]] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,7 +158,10 @@ class LoadingMixin:
                 tasks.append((record["name"], record, f"tasks.{record['name']}."))
             adapter_name = data.get("task_name") or adapter_name
         tasks.append((adapter_name, data, "modules."))
-        names = [validate_adapter_name(name) for name, _, _ in tasks]
+        try:
+            names = [validate_adapter_name(name) for name, _, _ in tasks]
+        except ConfigError as err:
+            raise ArtifactError(f"the artifact names a task badly: {err}") from None
         for name in names:
             if name in self.peft_config:
                 raise ConfigError(
@@ -158,7 +171,9 @@ class LoadingMixin:
             raise ArtifactError(f"the artifact names a task twice: {names}")
         return tasks
 
-    def _plan_layer(self, path: str, spec: MethodSpec, architecture: str) -> nn.Module:
+    def _plan_layer(
+        self, path: str, spec: MethodSpec, architecture: str, injectable: set[str]
+    ) -> nn.Module:
         """The plain base layer at ``path``, refused when it cannot carry the method's mask."""
         try:
             module = self.base_model.get_submodule(path)
@@ -174,6 +189,13 @@ class LoadingMixin:
             raise ArtifactError(
                 f"module {path!r} is a {type(module).__name__}, which cannot carry a mask"
             )
+        if path not in injectable:
+            # a head (each task replaces it, the mask would be dropped) or the inside of an
+            # adapter layer (wrapping it would nest adapter layers)
+            raise ArtifactError(
+                f"module {path!r} is not a layer a mask may be put on (the classifier head or a "
+                f"part of an adapter layer); the adapter was made for {architecture}"
+            )
         return module
 
     def _plan_layers(
@@ -186,42 +208,42 @@ class LoadingMixin:
         """The tensors the masked layers must have, and each layer's weight shape, checked."""
         expected: _Expected = {}
         shapes: dict[str, tuple[int, ...]] = {}
-        for record in records:
-            path = record["name"]
-            shape = tuple(self._plan_layer(path, spec, architecture).weight.shape)
-            if list(shape) != record["shape"]:
-                raise ArtifactError(
-                    f"module {path!r} has weight shape {list(shape)} but the adapter expects "
-                    f"{record['shape']}; the adapter was made for {architecture}"
-                )
-            shapes[path] = shape
-            for key, spec_tuple in spec.layer_class.expected_tensors(shape, config).items():
-                expected[f"layers.{path}.{key}"] = spec_tuple
+        with self._base_installed():
+            injectable = set(injectable_paths(self.base_model))
+            for record in records:
+                path = record["name"]
+                layer = self._plan_layer(path, spec, architecture, injectable)
+                shape = tuple(layer.weight.shape)
+                if list(shape) != record["shape"]:
+                    raise ArtifactError(
+                        f"module {path!r} has weight shape {list(shape)} but the adapter expects "
+                        f"{record['shape']}; the adapter was made for {architecture}"
+                    )
+                shapes[path] = shape
+                for key, spec_tuple in spec.layer_class.expected_tensors(shape, config).items():
+                    expected[f"layers.{path}.{key}"] = spec_tuple
         return expected, shapes
 
     def _plan_tasks(
         self,
-        folder: Path,
+        folder: Path | str,
         data: dict[str, Any],
         config: AdapterConfig,
         tasks: list[tuple[str, dict[str, Any], str]],
         expected: _Expected,
-        verify_base: bool,
     ) -> list[_TaskPlan]:
-        """Fresh task modules for every task (their tensors added to ``expected``), and the base's
-        fingerprint checked unless ``verify_base`` is false."""
+        """Every task's modules checked against its records, their tensors added to
+        ``expected``; nothing is allocated for them yet."""
         planned: list[_TaskPlan] = []
         with self._base_installed():
             for name, record, prefix in tasks:
                 task_config = config if record is data else _read_config(folder, record["config"])
                 if task_config.method != config.method:
                     raise ArtifactError(f"task {name!r} is not a {config.method!r} task")
-                modules = self._plan_task_modules(
+                shapes = self._plan_task_modules(
                     task_config, record, prefix, expected, _architecture(data)
                 )
-                planned.append(_TaskPlan(name, task_config, record, prefix, modules))
-            if verify_base:
-                self._verify_fingerprint(data)
+                planned.append(_TaskPlan(name, task_config, record, prefix, shapes))
         return planned
 
     def _plan_task_modules(
@@ -231,24 +253,31 @@ class LoadingMixin:
         prefix: str,
         expected: _Expected,
         architecture: str,
-    ) -> dict[str, tuple[str, nn.Module]]:
-        """Fresh task modules for one stored task, checked against its records (base installed)."""
+    ) -> dict[str, tuple[str, dict[str, tuple[int, ...]]]]:
+        """The shapes of one stored task's modules, checked against its records (base
+        installed). Computed without making the modules, so a config that declares a huge head
+        costs nothing before the weights file is found not to hold it."""
         head_paths = record["head"]["paths"]
         if sorted(head_paths) != sorted(self._head_paths):
             raise ArtifactError(
                 f"the adapter's heads are at {head_paths} but this model's are at {self._head_paths}; "
                 f"the adapter was made for {architecture}"
             )
-        modules: dict[str, tuple[str, nn.Module]] = {}
-        fresh = self._new_task_modules(config)
+        try:
+            predicted = task_module_shapes(self.base_model, self._head_paths, config)
+        except TargetingError as err:
+            raise ArtifactError(
+                f"the adapter's task modules do not fit this model: {err}"
+            ) from None
+        planned: dict[str, tuple[str, dict[str, tuple[int, ...]]]] = {}
         for saved in record.get("saved_modules", []):
             path, kind = saved["path"], saved["kind"]
-            if path not in fresh or fresh[path][0] != kind:
+            if path in planned or path not in predicted or predicted[path][0] != kind:
                 raise ArtifactError(
                     f"the artifact stores a {kind} at {path!r}, which this model does not have"
+                    + (" (twice)" if path in planned else "")
                 )
-            module = fresh[path][1]
-            own = {k: tuple(v.shape) for k, v in module_tensors(module).items()}
+            own = predicted[path][1]
             recorded = {k: tuple(v) for k, v in saved["tensors"].items()}
             if own != recorded:
                 raise ArtifactError(
@@ -256,29 +285,77 @@ class LoadingMixin:
                 )
             for key, shape in own.items():
                 expected[f"{prefix}{path}.{key}"] = (None, shape)
-            modules[path] = (kind, module)
-        missing = sorted(set(fresh) - set(modules))
+            planned[path] = predicted[path]
+        missing = sorted(set(predicted) - set(planned))
         if missing:
             raise ArtifactError(f"the artifact lacks the task modules {missing}")
-        return modules
+        return planned
 
-    def _plan_load(self, folder: Path, adapter_name: str, verify_base: bool) -> _LoadPlan:
-        """Check an artifact against this model and read its tensors; change nothing."""
-        data = read_adapter_config(folder)
+    def _build_task_modules(self, planned: list[_TaskPlan], tensors: dict[str, Tensor]) -> None:
+        """Make every planned task's modules and load their (checked) tensors into them."""
+        with self._base_installed():
+            for task in planned:
+                task.modules = new_task_modules(self.base_model, self._head_paths, task.config)
+                made = {
+                    path: (kind, {k: tuple(v.shape) for k, v in module_tensors(module).items()})
+                    for path, (kind, module) in task.modules.items()
+                }
+                if made != task.shapes:  # never expected: the shapes were predicted from these
+                    raise ArtifactError(f"task {task.name!r}: its modules differ from the plan")
+        _fill_task_modules(planned, tensors)
+
+    def _plan_records(
+        self, folder: Path | str, data: dict[str, Any], adapter_name: str
+    ) -> tuple[AdapterConfig, MethodSpec, _Expected, dict[str, tuple[int, ...]], list[_TaskPlan]]:
+        """Check an artifact's config ``data`` against this model: its method, task names,
+        masked layers and task modules. Reads no weights and allocates nothing."""
         config = _read_config(folder, data["config"])
         spec = get_method(config.method)
         self._check_artifact_method(config, spec)
         tasks = self._artifact_tasks(data, adapter_name, spec)
         expected, shapes = self._plan_layers(data["modules"], spec, config, _architecture(data))
-        planned = self._plan_tasks(folder, data, config, tasks, expected, verify_base)
-        tensors = read_adapter_tensors(
-            folder, expected, data["weights_sha256"], data.get("tensor_encodings")
-        )
+        planned = self._plan_tasks(folder, data, config, tasks, expected)
+        return config, spec, expected, shapes, planned
+
+    def _weights_limit(self, adapter_name: str, source: str) -> Callable[[dict[str, Any]], int]:
+        """For a download: the largest weights file the config ``data`` can have on this model
+        (its records are checked against the model first, so a misfit is refused undownloaded)."""
+
+        def limit(data: dict[str, Any]) -> int:
+            return weights_size_limit(self._plan_records(source, data, adapter_name)[2])
+
+        return limit
+
+    def _plan_load(self, folder: Path, adapter_name: str, verify_base: bool) -> _LoadPlan:
+        """Check an artifact against this model and read its tensors; change nothing.
+
+        Runs under the folder's shared lock, so a save into the folder meanwhile waits and the
+        config and weights read are one save's pair.
+        """
+        with folder_lock(folder, shared=True):
+            data = read_adapter_config(folder)
+            config, spec, expected, shapes, planned = self._plan_records(folder, data, adapter_name)
+            if verify_base:
+                self._verify_fingerprint(data)
+            tensors = read_adapter_tensors(
+                folder, expected, data["weights_sha256"], data.get("tensor_encodings")
+            )
         layer_tensors = _split_layer_tensors(tensors, shapes, spec, config)
-        _fill_task_modules(planned, tensors)
+        self._build_task_modules(planned, tensors)
         return _LoadPlan(tasks=planned, layer_tensors=layer_tensors)
 
     def _apply_plan(self, plan: _LoadPlan, is_trainable: bool) -> None:
+        """Install a plan; if anything fails part way, take back what was installed."""
+        previous = self.active_adapter
+        originals = {path: self.base_model.get_submodule(path) for path in plan.layer_tensors}
+        base_keys = set(self.base_modules.keys())
+        try:
+            self._install_plan(plan, is_trainable)
+        except BaseException:
+            self._take_back([task.name for task in plan.tasks], previous, originals, base_keys)
+            raise
+
+    def _install_plan(self, plan: _LoadPlan, is_trainable: bool) -> None:
         spec = get_method(plan.tasks[0].config.method)
         layers = self._wrap_targets(list(plan.layer_tensors), spec.layer_class)
         # The artifact's own config (the newest task) first: its tensors were checked against it.
@@ -307,6 +384,39 @@ class LoadingMixin:
                 self._frozen.add(task.name)
         first = plan.tasks[-1].name
         self.set_adapter(first if self.active_adapter is None else self.active_adapter)
+
+    def _take_back(
+        self,
+        names: list[str],
+        previous: str | None,
+        originals: dict[str, nn.Module],
+        base_keys: set[str],
+    ) -> None:
+        """Remove the adapters ``names`` that an install (a load, ``add_adapter``) added before it
+        failed, and put the model back as it was: the modules at ``originals``' paths, the
+        ``base_modules`` keys ``base_keys`` and ``previous`` as the active adapter."""
+        self._install(None)  # the base's own modules back everywhere, while all are known
+        for path, original in originals.items():
+            current = self.base_model.get_submodule(path)
+            if isinstance(current, AdapterLayer):
+                for name in names:
+                    if name in current.adapter_names:
+                        current.delete_adapter(name)
+            if current is not original:
+                set_submodule(self.base_model, path, original)
+        for name in names:
+            if name in self.task_modules:
+                del self.task_modules[name]
+            for store in (self.peft_config, self._module_kinds, self._labels, self._recorded):
+                store.pop(name, None)
+            self._frozen.discard(name)
+        for key in set(self.base_modules.keys()) - base_keys:
+            del self.base_modules[key]
+        self._activate_base()
+        if previous is not None:
+            self.set_adapter(previous)
+        else:
+            self.train(self.training)
 
     def load_adapter(
         self,
@@ -348,6 +458,7 @@ class LoadingMixin:
             token=token,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
+            weights_limit=self._weights_limit(adapter_name, str(model_id)),
         )
         plan = self._plan_load(folder, adapter_name, verify_base)
         self._apply_plan(plan, is_trainable)

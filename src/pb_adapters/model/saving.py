@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,17 +13,32 @@ from typing import Any
 from torch import Tensor
 
 from .._version import __version__
-from ..card import write_model_card
+from ..card import render_card_files
 from ..config import AdapterConfig
 from ..errors import ConfigError
 from ..hub import push_folder_to_hub, validate_hub_target
 from ..mask_coding import DEFAULT_MASK_ENCODING, encode_bit_planes
 from ..methods import get_method
 from ..registry import MethodSpec
-from ..serialization import write_artifact
+from ..serialization import build_artifact, commit_artifact
 from .task_modules import module_path, module_tensors
 
 __all__ = ["SavingMixin"]
+
+
+def check_results(metrics: Any, datasets: Any) -> None:
+    """Refuse ``metrics`` / ``datasets`` an artifact cannot record (they are stored as JSON)."""
+    if metrics is not None:
+        if not isinstance(metrics, dict) or not all(isinstance(k, str) for k in metrics):
+            raise ConfigError("metrics must be a dict with string keys, e.g. {'accuracy': 0.98}")
+        try:
+            json.dumps(metrics)
+        except (TypeError, ValueError, RecursionError) as err:
+            raise ConfigError(f"metrics must hold JSON values only: {err}") from None
+    if datasets is not None and not (
+        isinstance(datasets, list) and all(isinstance(d, str) for d in datasets)
+    ):
+        raise ConfigError("datasets must be a list of strings")
 
 
 class SavingMixin:
@@ -170,6 +187,7 @@ class SavingMixin:
         metrics; loading an artifact records the metrics it holds.
         """
         self._require_adapter(adapter_name)
+        check_results(metrics, datasets)
         self._recorded[adapter_name] = (metrics, datasets)
 
     def save_pretrained(
@@ -202,6 +220,11 @@ class SavingMixin:
         ``mask_encoding="ans"`` (the default) entropy-codes each mask plane that gets smaller
         for it (artifact format version 2); ``"bitpack"`` stores 1 bit per entry (format
         version 1, which releases before entropy coding read as well).
+
+        The files are replaced together under the folder's lock: a concurrent save into the same
+        folder waits, a reader sees the folder before or after the save, and on any error
+        (:class:`~pb_adapters.errors.StorageError` for a full disk, ``TargetExistsError`` when
+        the path is a file) the folder is left as it was.
         """
         if selected_adapters is not None:
             return self._save_selected(
@@ -216,14 +239,21 @@ class SavingMixin:
                 mask_encoding=mask_encoding,
             )
         name = self._named_or_active(adapter_name, "no adapter to save: add or load one first")
+        check_results(metrics, datasets)
+        if not isinstance(save_directory, (str, os.PathLike)):
+            raise ConfigError(f"save_directory must be a path, not {type(save_directory).__name__}")
+        # Everything is made in memory first: whatever is refused is refused before the folder
+        # is touched, and the files then replace the old ones together.
         data, tensors, planes = self._artifact(name, metrics, datasets)
-        folder = write_artifact(
-            save_directory, data, tensors, bit_planes=planes, mask_encoding=mask_encoding
+        config, payload = build_artifact(
+            data, tensors, bit_planes=planes, mask_encoding=mask_encoding
         )
+        card = (
+            render_card_files(config, payload, repo_id, subfolder=subfolder) if write_card else None
+        )
+        folder = commit_artifact(save_directory, config, payload, card)
         if metrics is not None or datasets is not None:
             self._recorded[name] = (metrics, datasets)
-        if write_card:
-            write_model_card(folder, repo_id=repo_id, subfolder=subfolder)
         return folder
 
     def _save_selected(

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -313,19 +314,23 @@ class PiggybackModel(LoadingMixin, SavingMixin, MergingMixin, StatsMixin, Identi
             self.base_model, config.target_modules, config.exclude_modules
         )
         task_modules = self._new_task_modules(config)
-        for path, layer in self._wrap_targets(targets, spec.layer_class).items():
-            if not isinstance(layer, spec.layer_class):
-                raise ConfigError(f"module {path!r} already holds a {type(layer).__name__}")
-            layer.add_adapter(adapter_name, config)
-        self.peft_config[adapter_name] = config
-        self._labels[adapter_name] = self._labels_for(config)
-        self._register_task_modules(adapter_name, task_modules)
-        for _, module in task_modules.values():
-            module.requires_grad_(False)
-        if self.active_adapter is None:
-            self.set_adapter(adapter_name)
-        else:
-            self.set_adapter(self.active_adapter)
+        previous = self.active_adapter
+        originals = {path: self.base_model.get_submodule(path) for path in targets}
+        base_keys = set(self.base_modules.keys())
+        try:
+            for path, layer in self._wrap_targets(targets, spec.layer_class).items():
+                if not isinstance(layer, spec.layer_class):
+                    raise ConfigError(f"module {path!r} already holds a {type(layer).__name__}")
+                layer.add_adapter(adapter_name, config)
+            self.peft_config[adapter_name] = config
+            self._labels[adapter_name] = self._labels_for(config)
+            self._register_task_modules(adapter_name, task_modules)
+            for _, module in task_modules.values():
+                module.requires_grad_(False)
+            self.set_adapter(adapter_name if previous is None else previous)
+        except BaseException:  # a layer refused the adapter part way: take back what was added
+            self._take_back([adapter_name], previous, originals, base_keys)
+            raise
 
     def _install(self, name: str | None) -> None:
         """Put adapter ``name``'s task modules (or the base's, for ``None``) into the base model."""
@@ -339,8 +344,8 @@ class PiggybackModel(LoadingMixin, SavingMixin, MergingMixin, StatsMixin, Identi
     @contextlib.contextmanager
     def _base_installed(self) -> Iterator[None]:
         previous = self.active_adapter
-        self._install(None)
         try:
+            self._install(None)  # inside the try: a swap failing part way is put back too
             with self._original_weights():
                 yield
         finally:
@@ -394,10 +399,15 @@ class PiggybackModel(LoadingMixin, SavingMixin, MergingMixin, StatsMixin, Identi
             if remaining is not None:
                 self.set_adapter(remaining)
             else:
-                self._install(None)
-                set_label_state(self.base_model, self._base_labels)
-                for _, layer in self.adapter_layers():
-                    layer.set_adapter(None)
+                self._activate_base()
+
+    def _activate_base(self) -> None:
+        """No adapter active: the base's own modules, labels and weights in every layer."""
+        self.active_adapter = None
+        self._install(None)
+        set_label_state(self.base_model, self._base_labels)
+        for _, layer in self.adapter_layers():
+            layer.set_adapter(None)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[PiggybackModel]:
@@ -509,20 +519,22 @@ class PiggybackModel(LoadingMixin, SavingMixin, MergingMixin, StatsMixin, Identi
             )
             return model
         validate_adapter_name(adapter_name)
-        folder = resolve_adapter_folder(model_id, **hub_kwargs)
+        folder: Path | None = None
         if isinstance(model, str):
+            folder = resolve_adapter_folder(model_id, **hub_kwargs)
             model = load_named_base(model, folder, base_revision, token, cache_dir)
-        # Plan against a wrapper that has not wrapped anything yet; remember the base's
-        # requires_grad flags, which creating the wrapper changes, to restore them on failure.
-        flags = [(p, p.requires_grad) for p in model.parameters()]
-        wrapper = cls(model)
-        try:
+        elif not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch module or a name, not {type(model).__name__}")
+        # The load itself takes back any layer it wrapped; the wrapper's own changes to the
+        # base (frozen weights, norm layers' modes) are given back here.
+        with _given_back_on_failure(model):
+            wrapper = cls(model)
+            if folder is None:
+                # a download is checked against this base before the weights are fetched
+                limit = wrapper._weights_limit(adapter_name, str(model_id))
+                folder = resolve_adapter_folder(model_id, weights_limit=limit, **hub_kwargs)
             plan = wrapper._plan_load(folder, adapter_name, verify_base)
-        except BaseException:
-            for param, flag in flags:
-                param.requires_grad_(flag)
-            raise
-        wrapper._apply_plan(plan, is_trainable)
+            wrapper._apply_plan(plan, is_trainable)
         return wrapper
 
 
@@ -550,7 +562,27 @@ def get_piggyback_model(
     (``get_peft_model(model, peft_config)``).
     """
     config = _one_config(config, peft_config)
-    wrapper = model if isinstance(model, PiggybackModel) else PiggybackModel(model)
-    wrapper.add_adapter(adapter_name, config)
-    wrapper.set_adapter(adapter_name)
+    if isinstance(model, PiggybackModel):
+        model.add_adapter(adapter_name, config)
+        model.set_adapter(adapter_name)
+        return model
+    with _given_back_on_failure(model):
+        wrapper = PiggybackModel(model)
+        wrapper.add_adapter(adapter_name, config)  # the first adapter becomes the active one
     return wrapper
+
+
+@contextlib.contextmanager
+def _given_back_on_failure(model: nn.Module) -> Iterator[None]:
+    """If the block fails, give ``model`` back the ``requires_grad`` flags and train/eval modes
+    it had (wrapping a base freezes it and sets its norm layers' modes)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    except BaseException:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        for module, mode in modes:
+            module.training = mode
+        raise
