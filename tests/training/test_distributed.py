@@ -247,6 +247,14 @@ def test_fsdp_shards_the_scores_and_writes_the_ddp_artifact(sharded: Path) -> No
         "best_state.shard-00000.safetensors",
         "best_state.shard-00001.safetensors",
     ]
+    # and of the model and the optimiser's moments; nothing but safetensors and JSON
+    names = sorted(p.name for p in step.iterdir())
+    for kind in ("model", "optimizer"):
+        assert [n for n in names if n.startswith(f"{kind}.shard-")] == [
+            f"{kind}.shard-00000.safetensors",
+            f"{kind}.shard-00001.safetensors",
+        ]
+    assert all(n.endswith((".safetensors", ".json")) for n in names), names
 
 
 def test_fsdp_resume_ends_with_the_same_artifact(sharded: Path) -> None:
