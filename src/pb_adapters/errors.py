@@ -41,3 +41,8 @@ class BaseModelMismatchError(ArtifactError):
 
 class HubError(PbAdaptersError):
     """Talking to the Hugging Face Hub failed in a way the user can fix."""
+
+
+class HubConnectionError(HubError, ConnectionError):
+    """The Hub could not be reached or failed to answer (network, server error): trying again
+    later, or fixing the connection, may succeed with the same command."""
