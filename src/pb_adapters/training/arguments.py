@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pb_adapters.hub import validate_hub_target
 from pb_adapters.mask_coding import MASK_ENCODINGS
 
 __all__ = ["TRAIN_MODES", "TrainMode", "TrainResult", "TrainingArguments"]
@@ -67,7 +68,8 @@ class TrainingArguments:
             this many optimiser steps (epoch metrics are logged at the end of every epoch).
         push_to_hub: a Hub repository id (``user/my-task``) to upload the artifact, its model
             card and the training curves to at the end (adapter mode; the token comes from
-            ``huggingface-cli login`` or ``HF_TOKEN``).
+            ``huggingface-cli login`` or ``HF_TOKEN``); the id is checked when the arguments are
+            created, not after training.
         hub_private: create the repository private (only used when it does not exist yet).
     """
 
@@ -131,6 +133,8 @@ class TrainingArguments:
             raise ValueError(
                 "push_to_hub uploads an adapter artifact: it needs train_mode='adapter'"
             )
+        if self.push_to_hub is not None:  # a typo must not wait for the end of training
+            validate_hub_target(self.push_to_hub)
         for name in ("save_steps", "save_total_limit"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
