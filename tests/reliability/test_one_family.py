@@ -251,7 +251,8 @@ def test_cli_prints_one_line_for_a_bug(
     assert code == console.EXIT_FAILURE and "RuntimeError: a bug over two lines" in err
     assert len(err.strip().splitlines()) == 1
     monkeypatch.setenv(console.DEBUG_VARIABLE, "1")
-    code, err = run_cli(["info", str(tmp_path)], capsys)
+    assert cli.main(["info", str(tmp_path)]) == console.EXIT_FAILURE
+    err = capsys.readouterr().err
     assert "Traceback" in err and "RuntimeError: a bug" in err
 
 
