@@ -40,6 +40,10 @@ class TrainingArguments:
         decay_factor: the step decay's factor.
         max_grad_norm: clip the gradient norm to this value (``None``: no clipping).
         seed: seeds Python, NumPy and torch (model init, shuffling, augmentation).
+        deterministic: use deterministic algorithms only (``torch.use_deterministic_algorithms``,
+            the cuBLAS workspace setting, cuDNN without benchmarking; see
+            :mod:`pb_adapters.training.determinism`), so that an interrupted and resumed CUDA run
+            ends bit-identical to an uninterrupted one, as a CPU run does anyway. Slower on CUDA.
         mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``, handed to Accelerate;
             ``None`` takes Accelerate's configuration (``accelerate config`` or ``accelerate
             launch --mixed_precision``), else ``"no"``. Mask scores stay float32 either way.
@@ -91,6 +95,7 @@ class TrainingArguments:
     decay_factor: float = 0.1
     max_grad_norm: float | None = None
     seed: int = 0
+    deterministic: bool = False
     mixed_precision: str | None = None
     num_workers: int | None = None
     max_steps_per_epoch: int | None = None

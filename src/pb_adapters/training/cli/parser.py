@@ -248,6 +248,11 @@ def _add_optimisation_options(g: Any) -> None:
         default=0,
         help="seed of the data splits, initialisation, shuffling and augmentation",
     )
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms only: a resumed CUDA run ends bit-identical (slower on CUDA)",
+    )
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
 
 
