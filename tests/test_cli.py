@@ -203,3 +203,42 @@ def test_console_script_against_the_hub_via_environment(
     )
     assert run.returncode == 2
     assert "HF_HUB_OFFLINE" in run.stderr and "Traceback" not in run.stderr
+
+
+def _all_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    """``pb-adapters``, each of its subcommands, and examples/train.py's parser."""
+    from pb_adapters.training.cli import build_train_parser
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    named = [(f"pb-adapters {name}", sub) for name, sub in commands.choices.items()]
+    return [("pb-adapters", parser), *named, ("train.py", build_train_parser("train.py"))]
+
+
+def test_every_option_has_help_that_states_its_default_once() -> None:
+    parsers = _all_parsers()
+    assert [name for name, _ in parsers[1:-1]] == [
+        f"pb-adapters {name}" for name in ("info", "push", "download", "train", "evaluate")
+    ]
+    checked = 0
+    for name, parser in parsers:
+        formatter = parser._get_formatter()  # argparse has no public way to render one option
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                assert all(choice.help for choice in action._choices_actions), name
+                continue
+            shown = formatter._expand_help(action)
+            where = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            assert shown.strip(), f"{where} has no help"
+            assert shown.lower().count("default") <= 1, f"{where}: {shown}"
+            assert "(default: None)" not in shown and "(default: False)" not in shown, where
+            checked += 1
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text
+    assert checked > 100  # every option of train, twice, and the others
+    train = " ".join(parsers[-1][1].format_help().split())
+    assert "training images per step and process (default: 32)" in train
+    assert (
+        "seed of the data splits, initialisation, shuffling and augmentation (default: 0)" in train
+    )
+    assert "demo backbone) --pretrained" in train  # once, where "(default: None)" followed

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from pb_adapters import (
     ArtifactError,
+    HubConnectionError,
     HubError,
     PiggybackConfig,
     PiggybackModel,
@@ -27,6 +28,7 @@ from pb_adapters import (
 )
 from pb_adapters.hub import (
     ARTIFACT_FILES,
+    _translate,
     download_adapter,
     is_local_reference,
     push_folder_to_hub,
@@ -411,7 +413,7 @@ def test_connection_refused_is_a_network_error(
 
     _point_at(monkeypatch, f"http://127.0.0.1:{_free_port()}")
     monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # skip the client's backoff
-    with pytest.raises(HubError, match="could not reach the Hub") as err:
+    with pytest.raises(HubConnectionError, match="could not reach the Hub") as err:
         resolve_adapter_folder("someone/anything")
     assert "HF_HUB_OFFLINE" in str(err.value)
 
@@ -481,6 +483,48 @@ def test_push_errors(hub: LocalHub, artifact: Path, tmp_path: Path) -> None:
         push_folder_to_hub(artifact, repo_id, token=reader, subfolder="x")
     with pytest.raises(HubError):
         push_folder_to_hub(artifact, repo_id, token=hub.token, subfolder="../x")
+
+
+def test_push_failures_speak_of_uploads(
+    hub: LocalHub, artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.utils._http as hf_http
+
+    repo_id = hub.new_repo_id("up")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError) as offline:
+        push_folder_to_hub(artifact, repo_id, token=hub.token)
+    assert str(offline.value).startswith(f"cannot upload to {repo_id}: uploads need the Hub")
+    assert not isinstance(offline.value, HubConnectionError)  # a setting, not a failure
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    _point_at(monkeypatch, f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setattr(hf_http.time, "sleep", lambda seconds: None)  # skip the client's backoff
+    with pytest.raises(HubConnectionError) as refused:
+        push_folder_to_hub(artifact, repo_id, token=hub.token)
+    assert f"to upload to {repo_id}: check your connection" in str(refused.value)
+    for message in (str(offline.value), str(refused.value)):
+        assert "download" not in message and "cache" not in message
+
+
+@pytest.mark.parametrize(
+    ("status", "direction", "expected", "message"),
+    [
+        (503, "download", HubConnectionError, "the download of me/x failed (503)"),
+        (503, "upload", HubConnectionError, "the upload to me/x failed (503)"),
+        (400, "upload", HubError, "the upload to me/x failed (400)"),
+    ],
+)
+def test_server_errors_name_the_direction(
+    status: int, direction: str, expected: type, message: str
+) -> None:
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = httpx2.Response(status, request=httpx2.Request("POST", "http://hub.invalid/api"))
+    err = _translate(
+        HfHubHTTPError(f"{status} error", response=response), repo_id="me/x", direction=direction
+    )
+    assert type(err) is expected and str(err).startswith(message)
 
 
 def test_cache_dir_is_honoured(hub: LocalHub, artifact: Path, tmp_path: Path) -> None:

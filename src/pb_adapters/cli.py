@@ -11,9 +11,13 @@ Subcommands:
   (:mod:`pb_adapters.training.evaluation`).
 
 Each subcommand is one ``add_<name>(subparsers)`` function that declares its arguments and sets
-``func``; :data:`SUBCOMMANDS` lists them and is the only place to register a new one. Errors of
-the pb-adapters family are printed as one line on stderr with exit status 2; any other error
-(a bug) as one line with exit status 3, its traceback only with ``PB_ADAPTERS_DEBUG=1``.
+``func``; :data:`SUBCOMMANDS` lists them and is the only place to register a new one.
+
+Every error is one line on stderr, ``pb-adapters <command>: error: <message>``; the exit status is
+0 on success, 1 when a valid command failed while running (network, disk, an unexpected error), 2
+for a usage error (a mistyped option, model or path, a missing repository, a malformed artifact or
+config file) and 130 after Ctrl-C (:mod:`pb_adapters.utils.console`). ``--debug`` or
+``PB_ADAPTERS_DEBUG=1`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -24,16 +28,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._version import __version__
-from .utils.reporting import (  # noqa: F401 (the exit statuses are part of this module's API)
-    DEBUG_VARIABLE,
-    EXIT_ERROR,
-    EXIT_INTERNAL,
-    run_reporting_errors,
+from .utils.console import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    ArgumentParser,
+    add_debug_option,
+    run_cli,
 )
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
-
-EXIT_OK = 0
 
 SubParsers = Any  # argparse's _SubParsersAction is private; keep the annotation honest
 
@@ -197,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args = parse_train_args(args.train_parser, argv[argv.index("train") + 1 :], check=False)
     # run_training refuses options the method does not read: a one-line error, status 2
     summary = run_training(args)
-    return EXIT_OK if summary.get("reload_matches", True) else 1
+    return EXIT_OK if summary.get("reload_matches", True) else EXIT_FAILURE
 
 
 def add_train(subparsers: SubParsers) -> None:
@@ -212,7 +216,6 @@ def add_train(subparsers: SubParsers) -> None:
             "classification task; without --model and --dataset, the offline demo. Same options "
             "as examples/train.py."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_train_arguments(parser)
     parser.set_defaults(func=cmd_train, train_parser=parser)
@@ -222,8 +225,11 @@ def add_train(subparsers: SubParsers) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a task on a dataset; print the scores, optionally save them and update the card."""
     from .hub import resolve_adapter_folder
+    from .training.cli.inputs import check_dataset_source, check_model_name
     from .training.evaluation import evaluate_adapter, write_evaluation
 
+    check_model_name(args.base, option="--base")  # before the data loads
+    check_dataset_source(args.dataset)
     hub = {"revision": args.revision, "subfolder": args.subfolder, "token": args.token}
     data = {
         key: getattr(args, key)
@@ -345,28 +351,33 @@ SUBCOMMANDS: list[Callable[[SubParsers], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pb-adapters",
         description="Piggyback task adapters for timm and transformers vision models.",
+        epilog="Exit status: 0 success, 1 a valid command failed while running, 2 a usage error.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_debug_option(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for register in SUBCOMMANDS:
         register(subparsers)
+    for subparser in subparsers.choices.values():  # the same one-line errors and --debug
+        add_debug_option(subparser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status (0 ok, 2 usage or pb-adapters error, 3 a bug)."""
+    """Run the command line; return the exit status (0 ok, 1 failed while running, 2 usage error,
+    130 interrupted), every error as one line (:func:`pb_adapters.utils.console.run_cli`)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version, or a usage error already printed
-        return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     args.argv = argv  # the raw tokens, for sub-commands that re-parse (train --config)
-    return run_reporting_errors(f"pb-adapters {args.command}", lambda: int(args.func(args)))
+    return run_cli(args.func, args, f"pb-adapters {args.command}")
 
 
 if __name__ == "__main__":

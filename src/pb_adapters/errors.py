@@ -52,3 +52,8 @@ class StorageError(PbAdaptersError, OSError):
 
 class TargetExistsError(StorageError, FileExistsError):
     """Something that is not a folder (a file, say) is in the way of a folder to write."""
+
+
+class HubConnectionError(HubError, ConnectionError):
+    """The Hub could not be reached or failed to answer (network, server error): trying again
+    later, or fixing the connection, may succeed with the same command."""

@@ -23,10 +23,10 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Literal
 
 from .card import CARD_NAME, HUB_CONFIG_NAME, PLOT_NAME, render_card_files
-from .errors import ArtifactError, HubError, PbAdaptersError
+from .errors import ArtifactError, HubConnectionError, HubError, PbAdaptersError
 from .serialization import (
     ARTIFACT_CONFIG_NAME,
     ARTIFACT_WEIGHTS_NAME,
@@ -285,9 +285,13 @@ def _translate(
     subfolder: str | None = None,
     token: Any = None,
     local_files_only: bool = False,
-    writing: bool = False,
+    direction: Literal["download", "upload"] = "download",
 ) -> HubError:
-    """Turn an exception raised by ``huggingface_hub`` into a short, actionable HubError."""
+    """Turn an exception raised by ``huggingface_hub`` into a short, actionable HubError.
+
+    ``direction`` says what was being done, so that a failed upload speaks of uploading, not of
+    downloads and the cache. Network and server failures give a :class:`HubConnectionError`.
+    """
     from huggingface_hub.errors import (
         DisabledRepoError,
         FileMetadataError,
@@ -301,6 +305,7 @@ def _translate(
         RevisionNotFoundError,
     )
 
+    writing = direction == "upload"
     where = repo_id + (f" (revision {revision})" if revision else "")
     login = "pass token=... or run `hf auth login`"
     status = getattr(getattr(err, "response", None), "status_code", None)
@@ -313,7 +318,8 @@ def _translate(
             "that was granted access"
         )
     if isinstance(err, DisabledRepoError):
-        return HubError(f"{repo_id} has been disabled on the Hub and cannot be downloaded")
+        done = "written to" if writing else "downloaded"
+        return HubError(f"{repo_id} has been disabled on the Hub and cannot be {done}")
     if isinstance(err, RepositoryNotFoundError):
         if writing:
             return HubError(
@@ -350,6 +356,11 @@ def _translate(
         return HubError(f"permission denied (403) for {repo_id}: your token cannot read it")
     if isinstance(err, HFValidationError):
         return HubError(f"invalid Hub argument: {err}")
+    if writing and isinstance(err, OfflineModeIsEnabled):
+        return HubError(
+            f"cannot upload to {where}: uploads need the Hub and HF_HUB_OFFLINE=1 turns it off; "
+            "unset HF_HUB_OFFLINE to push"
+        )
     if isinstance(err, OfflineModeIsEnabled) or (
         isinstance(err, LocalEntryNotFoundError) and (local_files_only or _offline())
     ):
@@ -360,8 +371,13 @@ def _translate(
             "download it once online, or unset HF_HUB_OFFLINE / local_files_only"
         )
     reason = _network_reason(err)
+    if reason is not None and writing:
+        return HubConnectionError(
+            f"could not reach the Hub at {_endpoint()} ({reason}) to upload to {where}: check "
+            "your connection, proxy or HF_ENDPOINT, then push again"
+        )
     if reason is not None:
-        return HubError(
+        return HubConnectionError(
             f"could not reach the Hub at {_endpoint()} ({reason}) and {where} is not cached: check "
             "your connection, proxy or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the cache"
         )
@@ -372,15 +388,17 @@ def _translate(
             f"the server at {_endpoint()} did not answer like a Hugging Face Hub: check HF_ENDPOINT"
         )
     if isinstance(err, LocalEntryNotFoundError):
-        return HubError(
+        return HubConnectionError(
             f"could not download {where} and it is not in the local cache: check your connection "
             "and try again"
         )
+    action = f"the upload to {repo_id}" if writing else f"the download of {repo_id}"
     if isinstance(err, HfHubHTTPError):
         code = f" ({status})" if status else ""
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return HubError(f"the Hub request for {repo_id} failed{code}: {first}")
-    return HubError(f"Hub operation on {repo_id} failed: {type(err).__name__}: {err}")
+        failed = HubConnectionError if isinstance(status, int) and status >= 500 else HubError
+        return failed(f"{action} failed{code}: {first}")
+    return HubError(f"{action} failed: {type(err).__name__}: {err}")
 
 
 def hub_failure(
@@ -773,5 +791,7 @@ def push_folder_to_hub(
         except PbAdaptersError:
             raise
         except Exception as err:
-            raise _translate(err, repo_id=repo_id, revision=rev, token=token, writing=True) from err
+            raise _translate(
+                err, repo_id=repo_id, revision=rev, token=token, direction="upload"
+            ) from err
     return info  # type: ignore[return-value]  # CommitInfo is a str (the commit url)

@@ -29,6 +29,7 @@ from pb_adapters.errors import (
     TargetExistsError,
 )
 from pb_adapters.model import saving
+from pb_adapters.utils import console
 from pb_adapters.utils.files import LOCK_NAME
 from tests.reliability.artifacts import CONFIG, WEIGHTS, micro_base, trained, write_files
 from tests.reliability.test_loader_fuzz import EXAMPLES, FUZZ, header_mutations
@@ -247,10 +248,12 @@ def test_cli_prints_one_line_for_a_bug(
 
     monkeypatch.setattr("pb_adapters.serialization.read_adapter_config", broken)
     code, err = run_cli(["info", str(tmp_path)], capsys)
-    assert code == cli.EXIT_INTERNAL and "RuntimeError: a bug over two lines" in err
-    monkeypatch.setenv(cli.DEBUG_VARIABLE, "1")
-    with pytest.raises(RuntimeError):
-        cli.main(["info", str(tmp_path)])
+    assert code == console.EXIT_FAILURE and "RuntimeError: a bug over two lines" in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.setenv(console.DEBUG_VARIABLE, "1")
+    assert cli.main(["info", str(tmp_path)]) == console.EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: a bug" in err
 
 
 def test_report() -> None:

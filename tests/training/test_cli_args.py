@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import pytest
+import torch
 
 from pb_adapters import PiggybackConfig
 from pb_adapters.config import AdapterConfig
@@ -26,6 +28,8 @@ from pb_adapters.training.cli import (
     run_training,
     training_arguments_from_args,
 )
+from pb_adapters.training.cli.inputs import check_dataset_source, check_model_name
+from pb_adapters.training.data import DataError
 from pb_adapters.training.demo import DEMO_BASE_MODEL_ID
 from tests.devices import child_env
 from tests.factories import tiny_transformers
@@ -341,3 +345,82 @@ def test_options_the_method_does_not_read_are_refused(
     err = capsys.readouterr().err
     assert err.startswith("pb-adapters train: error: ") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- names and paths
+@pytest.mark.parametrize(
+    ("name", "library"),
+    [
+        (None, "auto"),
+        ("resnet18", "auto"),
+        ("test_resnet", "timm"),
+        ("resnet50.a1_in1k", "auto"),
+        ("hf-hub:timm/resnet18.a1_in1k", "auto"),
+        ("google/vit-base-patch16-224", "auto"),
+        ("anything-at-all", "transformers"),
+        (DEMO_BASE_MODEL_ID, "auto"),
+        (DEMO_BASE_MODEL_ID, "timm"),
+    ],
+)
+def test_model_names_that_pass_without_a_lookup(name: str | None, library: str) -> None:
+    check_model_name(name, library=library)
+
+
+@pytest.mark.parametrize(
+    ("name", "library", "message"),
+    [
+        ("resnet99", "auto", "--model resnet99: not a timm model, a registered base or a folder; "
+         "did you mean resnet50, resnet34, resnet26? (a transformers model is named org/name)"),
+        ("ResNet99", "auto", "did you mean resnet50"),
+        ("resnt18", "timm", "--model resnt18: not a timm model; did you mean resnet18"),
+        ("pb-adapters-demo:tf_efficientnet_lite", "auto", f"did you mean {DEMO_BASE_MODEL_ID}"),
+        ("resnet50.a1_in2k", "auto", "timm has no pretrained tag 'a1_in2k' for resnet50; "
+         "did you mean resnet50.a1_in1k"),
+        ("qqqqqqqq", "auto", "timm.list_models() lists timm's names"),
+    ],
+)  # fmt: skip
+def test_unknown_model_names_suggest_close_ones(name: str, library: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_model_name(name, library=library)
+    assert message in str(err.value)
+
+
+def test_model_folders_and_data_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    check_model_name(str(tmp_path), library="timm")  # a folder is for the loader to read
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    for source in (None, "demo", "mnist", "org/name", "data", str(tmp_path / "data")):
+        check_dataset_source(source)  # named sources, datasets names and folders pass
+    for source in ("data/train", "./imgs", "../imgs", "~/imgs", "/no/such/images", "a/b/c"):
+        with pytest.raises(DataError, match=re.escape(f"--dataset {source}: no such folder")):
+            check_dataset_source(source)
+    with pytest.raises(DataError, match=re.escape("--tasks notes.txt is a file")):
+        check_dataset_source("notes.txt", option="--tasks")
+
+
+def test_a_registered_base_is_a_backbone_by_its_name() -> None:
+    fresh = create_backbone(DEMO_BASE_MODEL_ID, library="timm")
+    demo = create_backbone(None)
+    assert type(fresh) is type(demo)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(fresh.state_dict().values(), demo.state_dict().values(), strict=True)
+    )
+
+
+def test_misspelt_names_are_refused_before_any_data_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pb_adapters.training.cli.run as run_module
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data loaded before the model name was checked")
+
+    monkeypatch.setattr(run_module, "load_datasets", no_data)
+    ns = build_train_parser().parse_args(["--model", "resnet99", "--dataset", "demo"])
+    with pytest.raises(ConfigError, match="did you mean"):
+        run_training(ns)
+    ns = build_train_parser().parse_args(["--method", "packnet", "--tasks", "demo", "./none"])
+    with pytest.raises(DataError, match=re.escape("--tasks ./none: no such folder")):
+        run_training(ns)

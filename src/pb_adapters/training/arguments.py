@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 
 from pb_adapters.errors import ConfigError
+from pb_adapters.hub import validate_hub_target
 from pb_adapters.mask_coding import MASK_ENCODINGS
 
 __all__ = ["TRAIN_MODES", "TrainMode", "TrainResult", "TrainingArguments", "check_rate"]
@@ -43,6 +44,10 @@ class TrainingArguments:
         decay_factor: the step decay's factor.
         max_grad_norm: clip the gradient norm to this value (``None``: no clipping).
         seed: seeds Python, NumPy and torch (model init, shuffling, augmentation).
+        deterministic: use deterministic algorithms only (``torch.use_deterministic_algorithms``,
+            the cuBLAS workspace setting, cuDNN without benchmarking; see
+            :mod:`pb_adapters.training.determinism`), so that an interrupted and resumed CUDA run
+            ends bit-identical to an uninterrupted one, as a CPU run does anyway. Slower on CUDA.
         mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"fp8"``, handed to Accelerate;
             ``None`` takes Accelerate's configuration (``accelerate config`` or ``accelerate
             launch --mixed_precision``), else ``"no"``. Mask scores stay float32 either way.
@@ -71,7 +76,8 @@ class TrainingArguments:
             this many optimiser steps (epoch metrics are logged at the end of every epoch).
         push_to_hub: a Hub repository id (``user/my-task``) to upload the artifact, its model
             card and the training curves to at the end (adapter mode; the token comes from
-            ``huggingface-cli login`` or ``HF_TOKEN``).
+            ``huggingface-cli login`` or ``HF_TOKEN``); the id is checked when the arguments are
+            created, not after training.
         hub_private: create the repository private (only used when it does not exist yet).
         divergence_check: stop the run with a
             :class:`~pb_adapters.training.errors.DivergenceError` (and save no artifact) when
@@ -102,6 +108,7 @@ class TrainingArguments:
     decay_factor: float = 0.1
     max_grad_norm: float | None = None
     seed: int = 0
+    deterministic: bool = False
     mixed_precision: str | None = None
     num_workers: int | None = None
     max_steps_per_epoch: int | None = None
@@ -142,6 +149,8 @@ class TrainingArguments:
             raise ConfigError(
                 "push_to_hub uploads an adapter artifact: it needs train_mode='adapter'"
             )
+        if self.push_to_hub is not None:  # a typo must not wait for the end of training
+            validate_hub_target(self.push_to_hub)
         for name in _RATES:
             if getattr(self, name) is not None:
                 check_rate(name, getattr(self, name))

@@ -4,6 +4,7 @@
   configuration files, and the check that refuses options a method does not read;
 * :mod:`.options`: the one place that turns the options into
   :class:`~pb_adapters.training.trainer.TrainingArguments` and the adapter config;
+* :mod:`.inputs`: offline checks of model names (with close-name suggestions) and data paths;
 * :mod:`.run`: the end-to-end run (data, backbone, training, artifact, reload check).
 """
 
@@ -25,6 +26,7 @@ from pb_adapters.training.cli.parser import (
     save_run_config,
 )
 from pb_adapters.training.cli.run import (
+    check_run_inputs,
     create_backbone,
     load_splits,
     main,
@@ -40,6 +42,7 @@ __all__ = [
     "adapter_config_from_args",
     "add_train_arguments",
     "build_train_parser",
+    "check_run_inputs",
     "check_train_options",
     "create_backbone",
     "load_config_file",

