@@ -220,3 +220,25 @@ def test_mixed_precision_keeps_scores_float32(
     assert any(not equal(before[n], p) for n, p in scores.items())  # the scaled steps applied
     assert scale is None or scale > 0
     assert result.test["num_samples"] == 16 and 0.0 <= result.test["top1"] <= 1.0
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_deterministic_argument_covers_the_run_and_is_undone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: bool
+) -> None:
+    splits = _digits(32, max_train=32, max_eval=16)
+    model = get_piggyback_model(tiny_timm("test_resnet"), PiggybackConfig(id2label=splits.id2label))
+    args = _args(tmp_path, max_steps_per_epoch=1, deterministic=flag, save_artifact=False)
+    trainer = PiggybackTrainer(model, args, splits=splits)
+    seen: list[bool] = []
+    train_epochs = trainer._train_epochs
+
+    def spy(run) -> None:
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        train_epochs(run)
+
+    monkeypatch.setattr(trainer, "_train_epochs", spy)
+    before = torch.are_deterministic_algorithms_enabled()
+    trainer.train()
+    assert seen == [flag]
+    assert torch.are_deterministic_algorithms_enabled() == before

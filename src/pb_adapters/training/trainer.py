@@ -82,6 +82,7 @@ from pb_adapters.training.data.stream_loader import (
     stream_batches_per_epoch,
 )
 from pb_adapters.training.data.streaming import is_streamed
+from pb_adapters.training.determinism import deterministic
 from pb_adapters.training.errors import CheckpointError, DivergenceError, OutputError
 from pb_adapters.training.metrics import ClassificationMetrics
 from pb_adapters.training.modeling import (
@@ -466,8 +467,13 @@ class PiggybackTrainer:
         With ``args.resume_from_checkpoint`` the run continues from that checkpoint. On
         ``KeyboardInterrupt`` a checkpoint is saved, then the exception propagates; on
         divergence (:class:`~pb_adapters.training.errors.DivergenceError`) nothing more is
-        saved.
+        saved. With ``args.deterministic`` the whole run, set-up included, uses deterministic
+        algorithms only (:mod:`pb_adapters.training.determinism`).
         """
+        with deterministic(self.args.deterministic):
+            return self._train()
+
+    def _train(self) -> TrainResult:
         self.setup()
         run, acc = self._run, self.accelerator
         assert run is not None
