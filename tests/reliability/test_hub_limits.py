@@ -25,6 +25,7 @@ from torch import nn
 from pb_adapters import PiggybackModel, cli
 from pb_adapters.errors import ArtifactError
 from pb_adapters.hub import download_adapter, push_folder_to_hub, resolve_adapter_folder
+from pb_adapters.utils import console
 from tests.factories import tiny_timm
 from tests.hub_server import LocalHub
 from tests.reliability.artifacts import (
@@ -140,7 +141,7 @@ def test_oversized_files_are_refused_undownloaded(
             continue  # info fetches the artifact only
         hub.clear_requests()
         capsys.readouterr()  # drop the upload's progress bars
-        assert cli.main(argv) == cli.EXIT_ERROR
+        assert cli.main(argv) == console.EXIT_USAGE
         err = capsys.readouterr().err
         assert "not downloaded" in err and len(err.strip().splitlines()) == 1
         assert _fetched(hub, name) == []
