@@ -92,7 +92,7 @@ MISTAKES: list[tuple[list[str], int, str]] = [
     (["train", "--lr-scheduler", "linear"], USAGE, "invalid choice: 'linear'"),
     (["train", "--epochs", "0"], USAGE, "num_epochs must be >= 1"),
     (["train", "--val-fraction", "2"], USAGE, "split fractions"),
-    (["train", "--mask-lr", "-1"], USAGE, "mask_lr must be >= 0"),
+    (["train", "--mask-lr", "-1"], USAGE, "mask_lr must be a finite number >= 0"),
     (["train", "--method", "ksm", "--mask-type", "ternary"], USAGE, "does not apply"),
     (["train", "--push-to-hub", "not a repo"], USAGE, "valid Hub repo id"),
     (["train", "--model", "resnet99"], USAGE, "did you mean resnet50"),
