@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ._version import __version__
 from .bases import load_base_model
-from .batching import group_indices, merge_outputs, select_batch
+from .batching import mixed_batch_forward
 from .card import write_model_card
 from .config import AdapterConfig
 from .errors import (
@@ -46,6 +46,7 @@ from .serialization import (
     read_adapter_tensors,
     write_artifact,
 )
+from .serving import ServingCache
 from .targeting import (
     find_head_paths,
     find_norm_paths,
@@ -102,6 +103,9 @@ class MaskStats:
     zeros: int = 0
     num_masked: int = 0
     entropy_bits: float = 0.0
+    materialised_bytes: int = 0  # this adapter's materialised weights held now
+    cache_bytes: int = 0  # the serving bank's bytes (every task held)
+    cache_budget_bytes: int | None = None  # model.serving.budget_bytes (None: active task only)
 
     @property
     def entropy_bits_per_entry(self) -> float:
@@ -126,6 +130,7 @@ class AdapterInfo:
     id2label: dict[int, str]
     trainable: bool
     active: bool
+    materialised_bytes: int = 0  # bytes of its materialised weights held (0: packed only)
 
 
 @dataclass
@@ -181,6 +186,7 @@ class PiggybackModel(nn.Module):
         self._base_labels = get_label_state(model)
         self._head_paths = find_head_paths(model)
         self._fingerprint_cache: tuple[tuple[Any, ...], str] | None = None
+        self.serving = ServingCache(model)  # frozen tasks' materialised weights, budgeted
         for param in model.parameters():
             param.requires_grad_(False)
         self.train(model.training)  # a base in eval mode stays in eval mode
@@ -222,21 +228,35 @@ class PiggybackModel(nn.Module):
             raise PbAdaptersError(
                 f"adapter_names has {len(names)} entries but the input batch is {size}"
             )
+
+        def run_group(task: str | None, group_args: Any, group_kwargs: Any) -> Any:
+            if task is None:
+                with self.disable_adapter():
+                    return self.base_model(*group_args, **group_kwargs)
+            self.set_adapter(task)
+            return self.base_model(*group_args, **group_kwargs)
+
+        def modules_of(task: str | None) -> dict[str, nn.Module]:
+            modules = dict(self.base_modules.items())
+            modules.update(self.task_modules[task].items() if task is not None else ())
+            return {_path(key): module for key, module in modules.items()}
+
         previous = self.active_adapter
-        parts = []
         try:
-            for name, index in group_indices(names).items():
-                group_args, group_kwargs = select_batch(args, kwargs, len(names), index)
-                if name == BASE_ADAPTER_NAME:
-                    with self.disable_adapter():
-                        parts.append((index, self.base_model(*group_args, **group_kwargs)))
-                else:
-                    self.set_adapter(name)
-                    parts.append((index, self.base_model(*group_args, **group_kwargs)))
+            return mixed_batch_forward(
+                self.serving,
+                [None if name == BASE_ADAPTER_NAME else name for name in names],
+                args,
+                kwargs,
+                run=self.base_model,
+                run_group=run_group,
+                modules_of=modules_of,
+                get_module=self.base_model.get_submodule,
+                set_module=lambda path, module: _set_submodule(self.base_model, path, module),
+            )
         finally:
             if previous is not None and self.active_adapter != previous:
                 self.set_adapter(previous)
-        return merge_outputs(parts, len(names))
 
     @property
     def family(self) -> str:
@@ -392,13 +412,19 @@ class PiggybackModel(nn.Module):
         Only the active adapter's parameters are trainable.
         """
         self._require_adapter(adapter_name)
-        for _, layer in self.adapter_layers():
-            layer.set_adapter(adapter_name if adapter_name in layer.adapter_names else None)
+        # Eval mode: the serving cache points every layer at the task's materialised weights
+        # in one pass (no tensor operation when they are held). Trainable tasks: layer by layer.
+        if self.training or not self.serving.activate(adapter_name):
+            for _, layer in self.adapter_layers():
+                layer.set_adapter(adapter_name if adapter_name in layer.adapter_names else None)
         self._install(adapter_name)
         set_label_state(self.base_model, self._labels[adapter_name])
+        frozen = {adapter_name, self.active_adapter} <= self._frozen
         self.active_adapter = adapter_name
-        self._update_trainable()
-        self.train(self.training)
+        if not frozen:  # frozen tasks have nothing trainable to switch
+            self._update_trainable()
+        if self.training:  # the norm layers this task trains; eval mode is already uniform
+            self.train(True)
 
     def _update_trainable(self) -> None:
         for _, layer in self.adapter_layers():
@@ -464,6 +490,7 @@ class PiggybackModel(nn.Module):
                 id2label=dict(self._labels[name].id2label or {}),
                 trainable=name not in self._frozen,
                 active=name == self.active_adapter,
+                materialised_bytes=self.serving.materialised_bytes(name),
             )
             for name, config in self.peft_config.items()
         ]
@@ -598,6 +625,9 @@ class PiggybackModel(nn.Module):
                 stats.num_masked += entries
                 stats.entropy_bits += entries * binary_entropy(zeros / max(entries, 1))
         stats.total = stats.zeros / max(stats.num_masked, 1)
+        stats.materialised_bytes = self.serving.materialised_bytes(name)
+        stats.cache_bytes = self.serving.bank_bytes
+        stats.cache_budget_bytes = self.serving.budget_bytes
         return stats
 
     # ------------------------------------------------------------------ base identity
@@ -1028,6 +1058,7 @@ class PiggybackModel(nn.Module):
                 )
             if not is_trainable:
                 self._frozen.add(task.name)
+                self.task_modules[task.name].requires_grad_(False)  # switches skip frozen tasks
         first = plan.tasks[-1].name
         self.set_adapter(first if self.active_adapter is None else self.active_adapter)
 
