@@ -202,7 +202,9 @@ def measure_speed(
         mixed = interleaved_medians(mixed_candidates, large_repeats, warmup=1)
         out["mixed_s"] = mixed
         out["mixed_over_one_task"] = mixed["mixed_held"] / mixed["one_task"]
-        out["mixed_default_budget_over_one_task"] = mixed["mixed_default_budget"] / mixed["one_task"]
+        out["mixed_default_budget_over_one_task"] = (
+            mixed["mixed_default_budget"] / mixed["one_task"]
+        )
         if device != "cpu":
             out["mixed_over_one_task_bf16"] = mixed["mixed_held_bf16"] / mixed["one_task_bf16"]
         # 3. the active task against the base, fp32 and bf16 autocast
@@ -223,7 +225,8 @@ def measure_speed(
                 "seconds": times,
                 "fp32": times["active_fp32"] / times["base_fp32"],
                 "bf16": times["active_bf16"] / times["base_bf16"],
-                "bf16_vs_base_requires_grad": times["active_bf16"] / times["base_bf16_requires_grad"],
+                "bf16_vs_base_requires_grad": times["active_bf16"]
+                / times["base_bf16_requires_grad"],
             }
         # 4. operation counts
         packed.set_adapter("t0")
@@ -357,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-repeats", type=int, default=3, help="repeats at the large batch")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 1 and 10 tasks")
     parser.add_argument("--result-name", help="results file name (default: multitask-DEVICE)")
-    parser.add_argument("--memory-child", nargs=2, metavar=("MODEL", "COUNT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-child", nargs=2, metavar=("MODEL", "COUNT"), help=argparse.SUPPRESS
+    )
     parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))

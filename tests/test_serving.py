@@ -106,6 +106,8 @@ def test_budget_holds_tasks_least_recently_used_first_and_is_reported(tmp_path):
         task,
         None,
     )
+    # Loaded in eval mode, every task's modules are in eval mode (switches leave modes alone).
+    assert not any(module.training for module in model.task_modules.modules())
     # Inactive tasks stay packed: 1 bit per masked weight.
     for name in NAMES:
         packed = sum(
@@ -206,3 +208,23 @@ def test_compiled_model_does_not_recompile_on_switches(tmp_path, budget_tasks):
                 torch.testing.assert_close(compiled(x), expected[name], rtol=0, atol=1e-6)
         finally:
             torch._dynamo.config.error_on_recompile = False
+
+
+def test_copies_keep_the_settings_and_serve_their_own_weights(tmp_path):
+    import copy
+
+    model = _model(tmp_path, "piggyback")
+    model.serving.budget_bytes = 2 * model.serving.task_bytes
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.set_adapter("b")
+        twin = copy.deepcopy(model)
+        assert twin.serving is not model.serving and twin.serving.budget_bytes == 2 * (
+            model.serving.task_bytes
+        )
+        assert torch.equal(twin(x), model(x))
+        twin.set_adapter("c")
+        model.set_adapter("a")
+        for _, layer in twin.adapter_layers():
+            assert torch.equal(layer.merged_weight, layer.inference_weight("c"))
+        assert twin.serving.layers[0] in list(twin.modules())

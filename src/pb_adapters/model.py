@@ -338,7 +338,7 @@ class PiggybackModel(nn.Module):
                 if _key(path) not in self.base_modules:
                     self.base_modules[_key(path)] = self.base_model.get_submodule(path)
                 store[_key(path)] = module
-            self.task_modules[name] = store
+            self.task_modules[name] = store.train(self.training)  # switches keep modes as they are
         self._module_kinds[name] = {_key(path): kind for path, (kind, _) in modules.items()}
 
     def _labels_for(self, config: AdapterConfig) -> LabelState:

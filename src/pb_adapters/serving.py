@@ -363,18 +363,24 @@ class ServingCache:
         return key
 
     # -- switching --------------------------------------------------------------------------
-    def activate(self, name: str) -> bool:
-        """Make every layer compute with frozen task ``name`` (the layers it does not mask: with
-        the plain base). False, and nothing changed, where the bank cannot serve it (a task with
-        trainable state, or layers of several dtypes or devices)."""
+    def _held(self, name: str | None) -> tuple[_Plan, int] | None:
+        """``name``'s plan and slot, materialised if needed; None where the bank cannot serve
+        it (a task with trainable state, or layers of several dtypes or devices)."""
         if not self._ensure_layers():
-            return False
+            return None
         plan = self._plan(name)
         if plan.trainable:
-            return False
+            return None
         slot = self._materialise(name, plan, set())
-        if slot is None:
+        return None if slot is None else (plan, slot)
+
+    def activate(self, name: str) -> bool:
+        """Make every layer compute with frozen task ``name`` (the layers it does not mask: with
+        the plain base). False, and nothing changed, where the bank cannot serve it."""
+        held = self._held(name)
+        if held is None:
             return False
+        plan, slot = held
         key = self._key(name)
         assert self._layers is not None and self._bank is not None
         views = self._bank.shaped[slot]
@@ -395,14 +401,10 @@ class ServingCache:
             return True
         if not self._ensure_layers() or id(layer) not in self.layer_index:
             return False
-        plan = self._plan(name)
-        if plan.trainable:
-            return False
-        slot = self._materialise(name, plan, set())
-        if slot is None:
-            return False
-        self._serve_active(name, slot, plan)
-        return True
+        held = self._held(name)
+        if held is not None:
+            self._serve_active(name, held[1], held[0])
+        return held is not None
 
     def _serve_active(self, name: str | None, slot: int, plan: _Plan) -> None:
         """Point the layers whose active adapter is ``name`` at slot ``slot``."""

@@ -297,6 +297,27 @@ class AdapterLayer(nn.Module):
 
         return write
 
+    @classmethod
+    def batchable(
+        cls,
+        layers: Sequence[AdapterLayer],
+        name: str,
+        shared: dict[Any, Any],
+        source: Callable[[Any], Tensor],
+        setting: Callable[[Any], Any],
+    ) -> tuple[Any, list[Tensor]] | None:
+        """``(setting, flat sources)`` where a batched writer applies to ``layers``: all of this
+        class, ``name`` frozen on each, one value of ``setting(layer)`` and contiguous
+        ``source(layer)`` tensors of one dtype and device (:func:`flat_views`); else ``None``.
+        """
+        if not all(isinstance(layer, cls) and not layer.is_trainable(name) for layer in layers):
+            return None
+        settings = {setting(layer) for layer in layers}
+        sources = flat_views([source(layer) for layer in layers], shared)
+        if len(settings) != 1 or sources is None:
+            return None
+        return settings.pop(), sources
+
     def float32_parameters(self) -> list[nn.Parameter]:
         """Parameters that stay float32 when the model is cast to half precision (default: none)."""
         return []

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ...utils.bits import count_zero_bits, pack_bits, packed_size, unpack_bits, unpack_bits_padded
-from ..base import AdapterLayer, ScoredMaskLayer, WeightWriter, flat_views
+from ..base import AdapterLayer, ScoredMaskLayer, WeightWriter
 from .config import KSMConfig
 
 __all__ = [
@@ -215,17 +215,17 @@ class KSMLayer(ScoredMaskLayer):
         per-entry copies of the layers' ranges, spread over the weights by one
         ``repeat_interleave`` and multiplied by one multi-tensor product. Bit for bit
         :meth:`inference_weight`."""
-        ksm = [layer for layer in layers if isinstance(layer, KSMLayer)]
-        bases = flat_views([layer.base_layer.weight for layer in ksm], shared)
-        blocks = {layer.adapter_settings[name][3] for layer in ksm}
-        if (
-            len(ksm) != len(layers)
-            or bases is None
-            or len(blocks) != 1
-            or any(name in layer.mask_scores for layer in ksm)
-        ):
+        ready = cls.batchable(
+            layers,
+            name,
+            shared,
+            lambda layer: layer.base_layer.weight,
+            lambda layer: layer.adapter_settings[name][3],
+        )
+        if ready is None:
             return super().inference_writer(layers, name, shared)
-        block = blocks.pop()
+        block, bases = ready
+        ksm: list[KSMLayer] = list(layers)  # type: ignore[arg-type]
         device, dtype = bases[0].device, bases[0].dtype
         entries = [math.prod(layer._mask_shape(name)) for layer in ksm]
         key = ("ksm-layout", block, device, tuple(id(layer) for layer in ksm))

@@ -150,18 +150,13 @@ class PackNetLayer(AdapterLayer):
         """All layers' weights of packed task ``name`` at once: ``packed * (owner <= k)`` over
         the joined owner indices (``packed`` is 0 wherever no task owns the entry), one
         comparison and one multi-tensor product. Equal to :meth:`effective_weight`."""
-        packnet = [layer for layer in layers if isinstance(layer, PackNetLayer)]
-        indices = {layer.task_index.get(name) for layer in packnet}
-        sources = flat_views([layer.packed for layer in packnet], shared)
-        if (
-            len(packnet) != len(layers)
-            or sources is None
-            or len(indices) != 1
-            or any(name in layer.free for layer in packnet)
-        ):
+        ready = cls.batchable(
+            layers, name, shared, lambda layer: layer.packed, lambda layer: layer.task_index[name]
+        )
+        if ready is None:
             return super().inference_writer(layers, name, shared)
-        index = indices.pop()
-        owners = flat_views([layer.owner for layer in packnet], shared)
+        index, sources = ready
+        owners = flat_views([layer.owner for layer in layers], shared)
         numels = [source.numel() for source in sources]
         staging = staging_dtype(sources[0].device, sources[0].dtype, torch.bool)
 

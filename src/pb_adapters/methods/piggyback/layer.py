@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ...utils.bits import count_zero_bits, pack_bits, packed_size, unpack_bits, unpack_bits_padded
-from ..base import AdapterLayer, ScoredMaskLayer, WeightWriter, flat_views, staging_dtype
+from ..base import AdapterLayer, ScoredMaskLayer, WeightWriter, staging_dtype
 from .config import PiggybackConfig
 
 __all__ = ["PiggybackLayer", "binarize"]
@@ -105,19 +105,18 @@ class PiggybackLayer(ScoredMaskLayer):
         """All layers' ``W * mask`` at once: the packed planes joined, unpacked by one table
         lookup (straight into the bank when it is one contiguous buffer) and multiplied by one
         multi-tensor product. Bit for bit what :meth:`effective_weight` gives."""
-        piggyback = [layer for layer in layers if isinstance(layer, PiggybackLayer)]
-        bases = flat_views([layer.base_layer.weight for layer in piggyback], shared)
-        kinds = {layer.adapter_settings[name][1] for layer in piggyback}
-        if (
-            len(piggyback) != len(layers)
-            or bases is None
-            or len(kinds) != 1
-            or any(name in layer.mask_scores for layer in piggyback)
-        ):
+        ready = cls.batchable(
+            layers,
+            name,
+            shared,
+            lambda layer: layer.base_layer.weight,
+            lambda layer: layer.adapter_settings[name][1],
+        )
+        if ready is None:
             return super().inference_writer(layers, name, shared)
-        ternary = kinds.pop()
-        planes = [layer.packed_masks[name] for layer in piggyback]
-        signs = [layer.packed_signs[name] for layer in piggyback] if ternary else []
+        ternary, bases = ready
+        planes = [layer.packed_masks[name] for layer in layers]
+        signs = [layer.packed_signs[name] for layer in layers] if ternary else []
         numels = [base.numel() for base in bases]
         aligned = all(n % 8 == 0 for n in numels)  # no padding bits between layers
         pieces = [size for n in numels for size in (n, -n % 8)]  # each layer, then its padding
