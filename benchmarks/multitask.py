@@ -329,7 +329,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device
     batch = args.batch or (64 if device != "cpu" else 16)
     repeats, large = (3, 1) if args.quick else (args.repeats, args.large_repeats)
-    counts = [1, 10] if args.quick else MEMORY_COUNTS
+    counts = [] if args.no_memory else [1, 10] if args.quick else MEMORY_COUNTS
     results: dict[str, Any] = {
         "zero_fraction": ZERO_FRACTION,
         "repeats": repeats,
@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats at batch 1")
     parser.add_argument("--large-repeats", type=int, default=3, help="repeats at the large batch")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 1 and 10 tasks")
+    parser.add_argument("--no-memory", action="store_true", help="speed and operations only")
     parser.add_argument("--result-name", help="results file name (default: multitask-DEVICE)")
     parser.add_argument(
         "--memory-child", nargs=2, metavar=("MODEL", "COUNT"), help=argparse.SUPPRESS

@@ -64,6 +64,8 @@ def multitask_section(data: dict[str, Any]) -> list[str]:
         if start and end
         else ""
     )
+    if data.get("note"):
+        load += f" Runs: {data['note']}."
     lines = [
         "## Many tasks on one base",
         "",
@@ -132,13 +134,19 @@ def multitask_section(data: dict[str, Any]) -> list[str]:
         "task materialised): the resident set's growth, the bytes the packed masks and heads "
         "take, the materialised weights held, and the base's own weights.",
         "",
-        "| model | tasks | RSS increase | packed masks | heads | materialised | base weights |",
-        "|---|---|---|---|---|---|---|",
+        "| model | tasks | RSS increase | before | packed masks | heads | materialised | "
+        "base weights |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in data["models"].items():
+        earlier = {}
+        if before and name in before["models"]:
+            earlier = {row["tasks"]: row for row in before["models"][name]["memory"]}
         for row in result["memory"]:
+            old = earlier.get(row["tasks"])
             lines.append(
                 f"| {name} | {row['tasks']} | {_mib(row['rss_increase_bytes'])} | "
+                f"{_mib(old['rss_increase_bytes']) if old else '-'} | "
                 f"{_mib(row['packed_mask_bytes'])} | {_mib(row['head_bytes'])} | "
                 f"{_mib(row['materialised_bytes'])} | {_mib(row['base_weight_bytes'])} |"
             )

@@ -122,4 +122,4 @@ def test_multitask_section_shows_before_and_after(tmp_path, monkeypatch):
     assert "| resnet50 | before | 53 | 229 | 5 | 0 | 2784 ÷ 229 = 12.16x |" in text
     assert "| resnet50 | after | 53 | 229 | 5 | 0 | 335 ÷ 229 = 1.46x |" in text
     assert "load average 6.5 at the start, 7.5 at the end" in text
-    assert "| resnet50 | 1 | 1.0 MiB | 0.5 MiB | 0.0 MiB | 2.0 MiB | 4.0 MiB |" in text
+    assert "| resnet50 | 1 | 1.0 MiB | 1.0 MiB | 0.5 MiB | 0.0 MiB | 2.0 MiB | 4.0 MiB |" in text
