@@ -536,6 +536,20 @@ class ScoredMaskLayer(AdapterLayer):
         """The scores of adapter ``name`` (empty for a frozen, packed adapter)."""
         return [self.mask_scores[name]] if name in self.mask_scores else []
 
+    @classmethod
+    def batchable_on_base(
+        cls, layers: Sequence[AdapterLayer], name: str, shared: dict[Any, Any], setting: int
+    ) -> tuple[Any, list[Tensor]] | None:
+        """:meth:`batchable` with the base weights as sources and ``adapter_settings[name]
+        [setting]`` as the setting all layers must share."""
+        return cls.batchable(
+            layers,
+            name,
+            shared,
+            lambda layer: layer.base_layer.weight,
+            lambda layer: layer.adapter_settings[name][setting],
+        )
+
     def float32_parameters(self) -> list[nn.Parameter]:
         """Every adapter's scores: they stay float32 under half-precision casts."""
         return list(self.mask_scores.values())

@@ -215,13 +215,7 @@ class KSMLayer(ScoredMaskLayer):
         per-entry copies of the layers' ranges, spread over the weights by one
         ``repeat_interleave`` and multiplied by one multi-tensor product. Bit for bit
         :meth:`inference_weight`."""
-        ready = cls.batchable(
-            layers,
-            name,
-            shared,
-            lambda layer: layer.base_layer.weight,
-            lambda layer: layer.adapter_settings[name][3],
-        )
+        ready = cls.batchable_on_base(layers, name, shared, setting=3)  # the block size
         if ready is None:
             return super().inference_writer(layers, name, shared)
         block, bases = ready

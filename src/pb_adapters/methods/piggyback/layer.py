@@ -105,13 +105,7 @@ class PiggybackLayer(ScoredMaskLayer):
         """All layers' ``W * mask`` at once: the packed planes joined, unpacked by one table
         lookup (straight into the bank when it is one contiguous buffer) and multiplied by one
         multi-tensor product. Bit for bit what :meth:`effective_weight` gives."""
-        ready = cls.batchable(
-            layers,
-            name,
-            shared,
-            lambda layer: layer.base_layer.weight,
-            lambda layer: layer.adapter_settings[name][1],
-        )
+        ready = cls.batchable_on_base(layers, name, shared, setting=1)  # ternary or not
         if ready is None:
             return super().inference_writer(layers, name, shared)
         ternary, bases = ready
