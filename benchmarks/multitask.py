@@ -1,37 +1,57 @@
-"""Many tasks on one base: inference latency, switching cost, memory, mixed batches (CPU).
+"""Many tasks on one base: switching, mixed-task batches, low precision, memory, operation counts.
 
 Every ratio is measured side by side in one run (interleaved timings, medians). Weights are
 random (speed does not depend on their values); each task's mask has about 10% zeros, like a
-trained piggyback mask.
+trained piggyback mask; heads have 10 classes; eval mode, 224 px.
 
-    python -m benchmarks.multitask            # tf_efficientnet_lite0 and resnet50, 1/10/50 tasks
-    python -m benchmarks.multitask --quick    # fewer repeats, 1/10 tasks
+    python -m benchmarks.multitask                          # CPU, the three models
+    python -m benchmarks.multitask --device cuda            # batch 64 by default on CUDA
+    python -m benchmarks.multitask --models resnet50 --quick
+
+The ratios (the goals they are read against are in docs/multitask.md):
+
+- switch to a held task: ``set_adapter`` + a batch-1 forward / a plain batch-1 forward;
+- switch to a packed task: the same with a task that must be materialised / the physical floor,
+  a plain forward plus unpacking and multiplying every masked weight with plain operations;
+- a mixed batch over 8 tasks / the same batch on one task (fp32; bf16 autocast on CUDA);
+- the active task / the plain base, fp32 and bf16 autocast, batch 1 and the large batch (the
+  base with ``requires_grad`` on and off: autocast caches its casts of such leaves);
+- resident memory with 1, 10 and 50 tasks loaded (fresh processes);
+- tensor operations dispatched by a switch and by a mixed batch (device independent).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.common import interleaved_medians, write_result
 from pb_adapters import PiggybackConfig, PiggybackModel, get_piggyback_model
+from pb_adapters.utils.bits import unpack_bits
 
-MODELS = ["tf_efficientnet_lite0", "resnet50"]
+MODELS = ["resnet50", "tf_efficientnet_lite0", "vit_base_patch16_224"]
 ZERO_FRACTION = 0.10
+TASKS = 8
+MEMORY_COUNTS = [1, 10, 50]
 
 
-def _base(name: str) -> torch.nn.Module:
+def _base(name: str, device: str = "cpu") -> torch.nn.Module:
     torch.manual_seed(0)
-    return timm.create_model(name, pretrained=False).eval()
+    return timm.create_model(name, pretrained=False).eval().to(device)
 
 
 def make_tasks(name: str, count: int, folder: Path, num_labels: int = 10) -> list[Path]:
@@ -57,6 +77,190 @@ def make_tasks(name: str, count: int, folder: Path, num_labels: int = 10) -> lis
     return paths
 
 
+def _load(name: str, paths: list[Path], count: int, device: str) -> PiggybackModel:
+    """A fresh base with ``count`` tasks, cycling through the saved artifacts."""
+    model = PiggybackModel.from_pretrained(_base(name), paths[0], adapter_name="t0")
+    for index in range(1, count):
+        model.load_adapter(paths[index % len(paths)], adapter_name=f"t{index}")
+    return model.eval().to(device)
+
+
+def _set_budget(model: PiggybackModel, tasks: int | None) -> bool:
+    """Hold ``tasks`` tasks' materialised weights (None: the default); False on code without
+    a serving cache (every switch then materialises)."""
+    serving = getattr(model, "serving", None)
+    if serving is None:
+        return False
+    if tasks is None:
+        serving.budget_bytes = None
+    else:
+        model.set_adapter(model.active_adapter)  # materialised once: task_bytes is known
+        serving.budget_bytes = tasks * serving.task_bytes
+    return True
+
+
+# -- operation counts -----------------------------------------------------------------------
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops(fn: Callable[[], Any]) -> int:
+    with _OpCounter() as counter:
+        fn()
+    return sum(counter.counts.values())
+
+
+# -- the physical floor of a switch ---------------------------------------------------------
+def _floor(model: PiggybackModel, task: str) -> Callable[[], Any]:
+    """Unpack and multiply every masked weight of ``task`` with plain operations: one flat
+    packed buffer and one flat copy of the weights (made outside the timing)."""
+    layers = [layer for _, layer in model.adapter_layers()]
+    packed = torch.cat([layer.state_tensors(task)[0] for layer in layers])
+    weights = [layer.base_layer.weight.detach().reshape(-1) for layer in layers]
+    pad = [torch.zeros(-w.numel() % 8, dtype=w.dtype, device=w.device) for w in weights]
+    flat = torch.cat([t for pair in zip(weights, pad, strict=True) for t in pair])
+
+    def unpack_and_multiply() -> Any:
+        return unpack_bits(packed, flat.numel(), flat.dtype) * flat
+
+    return unpack_and_multiply
+
+
+@contextlib.contextmanager
+def _bf16(device: str) -> Iterator[None]:
+    with torch.autocast(device, dtype=torch.bfloat16):
+        yield
+
+
+def _toggle(model: PiggybackModel, tasks: list[str], x: torch.Tensor | None) -> Callable[[], Any]:
+    state = {"next": 0}
+
+    def step() -> Any:
+        state["next"] = (state["next"] + 1) % len(tasks)
+        model.set_adapter(tasks[state["next"]])
+        return None if x is None else model(x)
+
+    return step
+
+
+def measure_speed(
+    name: str, paths: list[Path], device: str, batch: int, repeats: int, large_repeats: int
+) -> dict[str, Any]:
+    """Every speed ratio of one model, and the operation counts."""
+    plain = _base(name, device)
+    plain.requires_grad_(False)
+    packed = _load(name, paths, TASKS, device)  # default budget: the active task only
+    cached = _load(name, paths, TASKS, device)
+    cache_supported = _set_budget(cached, TASKS)
+    x1 = torch.randn(1, 3, 224, 224, device=device)
+    xb = torch.randn(batch, 3, 224, 224, device=device)
+    order = torch.randperm(batch, generator=torch.Generator().manual_seed(0)) % TASKS
+    names = [f"t{int(i)}" for i in order]
+    out: dict[str, Any] = {"cache_supported": cache_supported, "batch": batch, "tasks": TASKS}
+    with torch.no_grad():
+        for model in (packed, cached):
+            for index in range(TASKS):
+                model.set_adapter(f"t{index}")
+        # 1. switching
+        switching = interleaved_medians(
+            {
+                "plain_forward": lambda: plain(x1),
+                "switch_held_and_forward": _toggle(cached, ["t0", "t1"], x1),
+                "switch_packed_and_forward": _toggle(packed, ["t0", "t1"], x1),
+                "unpack_and_multiply": _floor(packed, "t1"),
+                "set_adapter_held": _toggle(cached, ["t2", "t3"], None),
+                "set_adapter_packed": _toggle(packed, ["t2", "t3"], None),
+            },
+            repeats,
+        )
+        floor = switching["plain_forward"] + switching["unpack_and_multiply"]
+        out["switching_s"] = switching
+        out["switch_held_over_forward"] = (
+            switching["switch_held_and_forward"] / switching["plain_forward"]
+        )
+        out["switch_packed_over_floor"] = switching["switch_packed_and_forward"] / floor
+        out["switch_packed_over_forward"] = (
+            switching["switch_packed_and_forward"] / switching["plain_forward"]
+        )
+        # 2. mixed batches
+        cached.set_adapter("t0")
+        packed.set_adapter("t0")
+        mixed_candidates: dict[str, Callable[[], Any]] = {
+            "mixed_held": lambda: cached(xb, adapter_names=names),
+            "mixed_default_budget": lambda: packed(xb, adapter_names=names),
+            "one_task": lambda: cached(xb),
+        }
+        if device != "cpu":
+            mixed_candidates["mixed_held_bf16"] = lambda: _amp(device, cached, xb, names)
+            mixed_candidates["one_task_bf16"] = lambda: _amp(device, cached, xb, None)
+        mixed = interleaved_medians(mixed_candidates, large_repeats, warmup=1)
+        out["mixed_s"] = mixed
+        out["mixed_over_one_task"] = mixed["mixed_held"] / mixed["one_task"]
+        out["mixed_default_budget_over_one_task"] = (
+            mixed["mixed_default_budget"] / mixed["one_task"]
+        )
+        if device != "cpu":
+            out["mixed_over_one_task_bf16"] = mixed["mixed_held_bf16"] / mixed["one_task_bf16"]
+        # 3. the active task against the base, fp32 and bf16 autocast
+        out["precision"] = {}
+        for size, x, reps in ((1, x1, repeats), (batch, xb, large_repeats)):
+            times = interleaved_medians(
+                {
+                    "base_fp32": lambda x=x: plain(x),
+                    "active_fp32": lambda x=x: cached(x),
+                    "base_bf16": lambda x=x: _amp(device, plain, x, None),
+                    "base_bf16_requires_grad": lambda x=x: _amp(device, plain, x, None, True),
+                    "active_bf16": lambda x=x: _amp(device, cached, x, None),
+                },
+                reps,
+                warmup=1,
+            )
+            out["precision"][str(size)] = {
+                "seconds": times,
+                "fp32": times["active_fp32"] / times["base_fp32"],
+                "bf16": times["active_bf16"] / times["base_bf16"],
+                "bf16_vs_base_requires_grad": times["active_bf16"]
+                / times["base_bf16_requires_grad"],
+            }
+        # 4. operation counts
+        packed.set_adapter("t0")
+        cached.set_adapter("t0")
+        out["ops"] = {
+            "plain_forward": _ops(lambda: plain(x1)),
+            "switch_packed": _ops(lambda: packed.set_adapter("t1")),
+            "switch_held": _ops(lambda: cached.set_adapter("t1")),
+            "masked_layers": len(list(cached.adapter_layers())),
+            "one_task_batch": _ops(lambda: cached(xb)),
+            "mixed_batch": _ops(lambda: cached(xb, adapter_names=names)),
+        }
+        out["ops"]["mixed_over_one_task"] = out["ops"]["mixed_batch"] / out["ops"]["one_task_batch"]
+    return out
+
+
+def _amp(
+    device: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    names: list[str] | None,
+    requires_grad: bool = False,
+) -> Any:
+    if requires_grad:
+        model.requires_grad_(True)
+    try:
+        with _bf16(device):
+            return model(x) if names is None else model(x, adapter_names=names)
+    finally:
+        if requires_grad:
+            model.requires_grad_(False)
+
+
+# -- memory ----------------------------------------------------------------------------------
 def _rss() -> int:
     import psutil
 
@@ -64,150 +268,84 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def memory_child(name: str, tasks: list[str]) -> dict[str, Any]:
-    """Run in a fresh process: resident memory of the base alone, then with ``tasks`` loaded."""
+def memory_child(name: str, count: int, device: str, paths: list[str]) -> dict[str, Any]:
+    """Run in a fresh process: memory of the base alone, then with ``count`` tasks loaded."""
     torch.set_num_threads(1)
-    base = _base(name)
+    base = _base(name, device)
     base_bytes = sum(t.numel() * t.element_size() for t in base.state_dict().values())
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.randn(1, 3, 224, 224, device=device)
     with torch.no_grad():
         base(x)
     rss_base = _rss()
-    model = None
-    for index, path in enumerate(tasks):
-        if model is None:
-            model = PiggybackModel.from_pretrained(base, path, adapter_name=f"t{index}")
-        else:
-            model.load_adapter(path, adapter_name=f"t{index}")
-    model.eval()
+    cuda_base = torch.cuda.memory_allocated() if device == "cuda" else 0
+    model = PiggybackModel.from_pretrained(base, paths[0], adapter_name="t0")
+    for index in range(1, count):
+        model.load_adapter(paths[index % len(paths)], adapter_name=f"t{index}")
+    model.eval().to(device)
     with torch.no_grad():
         model(x)
-    rss_loaded = _rss()
+    layers = [layer for _, layer in model.adapter_layers()]
     packed = sum(
         t.numel() * t.element_size()
-        for _, layer in model.adapter_layers()
+        for layer in layers
         for a in layer.adapter_names
         for t in layer.state_tensors(a)
     )
     heads = sum(p.numel() * p.element_size() for p in model.task_modules.parameters())
-    merged = sum(
-        layer.merged_weight.numel() * layer.merged_weight.element_size()
-        for _, layer in model.adapter_layers()
-        if layer.merged_weight is not None
-    )
+    serving = getattr(model, "serving", None)
+    if serving is not None:
+        materialised = serving.bank_bytes
+    else:  # one weight-sized buffer per masked layer
+        materialised = sum(
+            layer.merged_weight.numel() * layer.merged_weight.element_size()
+            for layer in layers
+            if layer.merged_weight is not None
+        )
+    rss_loaded = _rss()
     return {
-        "tasks": len(tasks),
-        "rss_base_bytes": rss_base,
-        "rss_loaded_bytes": rss_loaded,
+        "tasks": count,
         "rss_increase_bytes": rss_loaded - rss_base,
+        "cuda_increase_bytes": (torch.cuda.memory_allocated() - cuda_base) if cuda_base else 0,
         "packed_mask_bytes": packed,
         "head_bytes": heads,
-        "materialised_active_task_bytes": merged,
+        "materialised_bytes": materialised,
         "base_weight_bytes": base_bytes,
     }
 
 
-def measure_memory(name: str, paths: list[Path], counts: list[int]) -> list[dict[str, Any]]:
-    """Resident memory for each task count, each in its own process."""
+def measure_memory(name: str, paths: list[Path], counts: list[int], device: str) -> list[Any]:
+    """Memory for each task count, each in its own process."""
     rows = []
     for count in counts:
-        command = [sys.executable, "-m", "benchmarks.multitask", "--memory-child", name]
-        command += [str(p) for p in paths[:count]]
+        command = [sys.executable, "-m", "benchmarks.multitask", "--memory-child", name, str(count)]
+        command += ["--device", device, *[str(p) for p in paths]]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     return rows
 
 
-def measure_speed(name: str, paths: list[Path], repeats: int) -> dict[str, Any]:
-    """Eval latency, switching and mixed batches against the plain base, in one run."""
-    plain = _base(name)
-    model = PiggybackModel.from_pretrained(_base(name), paths[0], adapter_name="t0")
-    for index in (1, 2, 3):
-        model.load_adapter(paths[index], adapter_name=f"t{index}")
-    model.eval()
-    x1 = torch.randn(1, 3, 224, 224)
-    toggle = {"next": "t1"}
-
-    def switch_and_forward() -> None:
-        model.set_adapter(toggle["next"])
-        toggle["next"] = "t0" if toggle["next"] == "t1" else "t1"
-        model(x1)
-
-    def switch_only() -> None:
-        model.set_adapter(toggle["next"])
-        toggle["next"] = "t0" if toggle["next"] == "t1" else "t1"
-
-    with torch.no_grad():
-        model.set_adapter("t0")
-        latency = interleaved_medians(
-            {"plain_forward": lambda: plain(x1), "wrapped_forward": lambda: model(x1)}, repeats
-        )
-        switching = interleaved_medians(
-            {
-                "plain_forward": lambda: plain(x1),
-                "switch_and_forward": switch_and_forward,
-                "set_adapter": switch_only,
-            },
-            repeats,
-        )
-        model.set_adapter("t0")
-        batch = 16
-        xb = torch.randn(batch, 3, 224, 224)
-        names = [f"t{i % 4}" for i in range(batch)]
-        groups = {f"t{i}": [j for j, n in enumerate(names) if n == f"t{i}"] for i in range(4)}
-
-        def grouped() -> None:
-            for task, rows in groups.items():
-                model.set_adapter(task)
-                model(xb[rows])
-
-        def one_by_one() -> None:
-            for i, task in enumerate(names):
-                model.set_adapter(task)
-                model(xb[i : i + 1])
-
-        mixed = interleaved_medians(
-            {
-                "mixed_adapter_names": lambda: model(xb, adapter_names=names),
-                "grouped_by_task": grouped,
-                "one_sample_at_a_time": one_by_one,
-                "plain_base_same_batch": lambda: plain(xb),
-            },
-            max(3, repeats // 5),
-            warmup=1,
-        )
-    return {
-        "eval_latency_s": latency,
-        "eval_latency_ratio": latency["wrapped_forward"] / latency["plain_forward"],
-        "switching_s": switching,
-        "switch_plus_forward_over_forward": switching["switch_and_forward"]
-        / switching["plain_forward"],
-        "set_adapter_over_forward": switching["set_adapter"] / switching["plain_forward"],
-        "mixed_batch_s": mixed,
-        "mixed_batch": {"batch": batch, "tasks": 4},
-        "mixed_over_grouped": mixed["mixed_adapter_names"] / mixed["grouped_by_task"],
-        "mixed_throughput_img_per_s": batch / mixed["mixed_adapter_names"],
-        "grouped_throughput_img_per_s": batch / mixed["grouped_by_task"],
-    }
-
-
-def run(quick: bool = False) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """All multitask figures for every model; returns (and writes) the result dict."""
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    counts = [1, 10] if quick else [1, 10, 50]
-    repeats = 7 if quick else 21
-    results: dict[str, Any] = {"zero_fraction": ZERO_FRACTION, "models": {}}
+    device = args.device
+    batch = args.batch or (64 if device != "cpu" else 16)
+    repeats, large = (3, 1) if args.quick else (args.repeats, args.large_repeats)
+    counts = [] if args.no_memory else [1, 10] if args.quick else MEMORY_COUNTS
+    results: dict[str, Any] = {
+        "zero_fraction": ZERO_FRACTION,
+        "repeats": repeats,
+        "large_repeats": large,
+        "load_average_start": os.getloadavg(),
+        "models": {},
+    }
     with tempfile.TemporaryDirectory(prefix="pb-bench-tasks-") as tmp:
-        for name in MODELS:
-            folder = Path(tmp) / name
-            paths = make_tasks(name, max(counts), folder)
-            speed = measure_speed(name, paths, repeats)
-            memory = measure_memory(name, paths, counts)
+        for name in args.models:
+            paths = make_tasks(name, TASKS, Path(tmp) / name)
+            speed = measure_speed(name, paths, device, batch, repeats, large)
+            memory = measure_memory(name, paths, counts, device)
             results["models"][name] = {"speed": speed, "memory": memory}
-            print(
-                f"{name}: {json.dumps(speed, indent=1)}\n{json.dumps(memory, indent=1)}", flush=True
-            )
-    write_result("multitask-cpu", results)
+            print(f"{name}: {json.dumps(speed, indent=1)}\n{json.dumps(memory)}", flush=True)
+    results["load_average_end"] = os.getloadavg()
+    write_result(args.result_name or f"multitask-{device}", results)
     return results
 
 
@@ -215,15 +353,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and task counts")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--models", nargs="+", default=MODELS, help="timm model names")
+    parser.add_argument("--batch", type=int, help="large batch (default: 64 on CUDA, 16 on CPU)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats at batch 1")
+    parser.add_argument("--large-repeats", type=int, default=3, help="repeats at the large batch")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, 1 and 10 tasks")
+    parser.add_argument("--no-memory", action="store_true", help="speed and operations only")
+    parser.add_argument("--result-name", help="results file name (default: multitask-DEVICE)")
     parser.add_argument(
-        "--memory-child", nargs="+", metavar=("MODEL", "TASK"), help=argparse.SUPPRESS
+        "--memory-child", nargs=2, metavar=("MODEL", "COUNT"), help=argparse.SUPPRESS
     )
+    parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     if args.memory_child:
-        print(json.dumps(memory_child(args.memory_child[0], args.memory_child[1:])))
+        name, count = args.memory_child
+        print(json.dumps(memory_child(name, int(count), args.device, args.paths)))
         return 0
-    run(quick=args.quick)
+    run(args)
     return 0
 
 

@@ -37,61 +37,119 @@ def _machine(data: dict[str, Any]) -> str:
     )
 
 
+def _multitask_rows(name: str, s: dict[str, Any], label: str) -> str:
+    large = str(s["batch"])
+    precision = s["precision"]
+    return (
+        f"| {name} | {label} | {s['switch_held_over_forward']:.2f}x | "
+        f"{s['switch_packed_over_floor']:.2f}x | {s['mixed_over_one_task']:.2f}x | "
+        f"{precision['1']['fp32']:.2f}x / {precision[large]['fp32']:.2f}x | "
+        f"{precision['1']['bf16']:.2f}x / {precision[large]['bf16']:.2f}x | "
+        f"{precision['1']['bf16_vs_base_requires_grad']:.2f}x / "
+        f"{precision[large]['bf16_vs_base_requires_grad']:.2f}x |"
+    )
+
+
 def multitask_section(data: dict[str, Any]) -> list[str]:
-    """Tables for ``multitask-cpu.json``."""
+    """Tables for ``multitask-cpu.json`` (and ``multitask-cpu-before.json``, the same run on the
+    code before the serving cache, when present)."""
+    before_path = RESULTS_DIR / "multitask-cpu-before.json"
+    before = json.loads(before_path.read_text()) if before_path.is_file() else None
+    first = next(iter(data["models"].values()))["speed"]
+    batch = first["batch"]
+    start, end = data.get("load_average_start"), data.get("load_average_end")
+    load = (
+        f" The machine was shared: load average {start[0]:.1f} at the start, {end[0]:.1f} at the "
+        "end, on its cores; read the ratios with that noise in mind."
+        if start and end
+        else ""
+    )
+    if data.get("note"):
+        load += f" Runs: {data['note']}."
     lines = [
         "## Many tasks on one base",
         "",
-        "`python -m benchmarks.multitask`: random weights, masks with "
-        f"{data['zero_fraction']:.0%} zeros, 10-class heads, eval mode, batch 1 at 224 px unless "
-        "noted. Each ratio is measured side by side in one run (interleaved repeats, medians).",
+        "`python -m benchmarks.multitask`: random weights, 8 tasks whose masks have "
+        f"{data['zero_fraction']:.0%} zeros, 10-class heads, eval mode, 224 px. Each ratio is "
+        f"measured side by side in one run (interleaved repeats, medians: {data['repeats']} at "
+        f"batch 1, {data['large_repeats']} at batch {batch}).{load}",
         "",
         _machine(data),
         "",
-        "| model | plain forward | wrapped forward (active task) | ratio | `set_adapter` | "
-        "switch + first forward | ÷ plain forward |",
+        "Ratios (goals in [Many tasks](multitask.md#serving-many-tasks-fast)): *held* is "
+        "`set_adapter` to a task whose weights are held + a batch-1 forward, over a plain "
+        "batch-1 forward; *packed* is the same for a task that must be materialised, over a "
+        "plain forward plus unpacking and multiplying every masked weight with plain operations "
+        f"(the physical floor); *mixed* is a batch of {batch} over the 8 tasks over the same "
+        "batch on one task; *active ÷ base* at batch 1 / "
+        f"{batch}, bf16 under autocast (last column: the base's parameters with "
+        "`requires_grad=True`).",
+        "",
+        "| model | code | held ÷ forward | packed ÷ floor | mixed ÷ one task | "
+        "active ÷ base fp32 | bf16 | bf16, base requires grad |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in data["models"].items():
+        if before and name in before["models"]:
+            lines.append(_multitask_rows(name, before["models"][name]["speed"], "before"))
+        lines.append(_multitask_rows(name, result["speed"], "after" if before else "now"))
+    lines += [
+        "",
+        "Times behind the ratios (after):",
+        "",
+        "| model | plain forward | unpack and multiply | `set_adapter`, held | "
+        "`set_adapter`, packed | mixed batch | one task, same batch |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, result in data["models"].items():
         s = result["speed"]
+        sw, mixed = s["switching_s"], s["mixed_s"]
         lines.append(
-            f"| {name} | {_ms(s['eval_latency_s']['plain_forward'])} | "
-            f"{_ms(s['eval_latency_s']['wrapped_forward'])} | {s['eval_latency_ratio']:.3f} | "
-            f"{_ms(s['switching_s']['set_adapter'])} ({s['set_adapter_over_forward']:.2f}x a forward) | "
-            f"{_ms(s['switching_s']['switch_and_forward'])} | {s['switch_plus_forward_over_forward']:.2f} |"
+            f"| {name} | {_ms(sw['plain_forward'])} | {_ms(sw['unpack_and_multiply'])} | "
+            f"{1e6 * sw['set_adapter_held']:.0f} µs | {_ms(sw['set_adapter_packed'])} | "
+            f"{_ms(mixed['mixed_held'])} | {_ms(mixed['one_task'])} |"
         )
     lines += [
         "",
-        "Resident memory (RSS of a fresh process) with N tasks loaded, against the same process "
-        "before loading; `packed masks` and `heads` count the bytes the adapters hold, "
-        "`materialised` the active task's weights.",
+        "Tensor operations dispatched (counted with a `TorchDispatchMode`; what a GPU launches "
+        f"is about this), a switch and a mixed batch of {batch} over 8 tasks:",
         "",
-        "| model | tasks | RSS increase | packed masks | heads | materialised | base weights |",
+        "| model | code | masked layers | batch-1 forward | switch to a packed task | "
+        "switch to a held task | mixed batch ÷ one task |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, result in data["models"].items():
-        for row in result["memory"]:
+        runs = [("before", before["models"][name]["speed"])] if before else []
+        runs.append(("after" if before else "now", result["speed"]))
+        for label, s in runs:
+            o = s["ops"]
             lines.append(
-                f"| {name} | {row['tasks']} | {_mib(row['rss_increase_bytes'])} | "
-                f"{_mib(row['packed_mask_bytes'])} | {_mib(row['head_bytes'])} | "
-                f"{_mib(row['materialised_active_task_bytes'])} | {_mib(row['base_weight_bytes'])} |"
+                f"| {name} | {label} | {o['masked_layers']} | {o['plain_forward']} | "
+                f"{o['switch_packed']} | {o['switch_held']} | {o['mixed_batch']} ÷ "
+                f"{o['one_task_batch']} = {o['mixed_over_one_task']:.2f}x |"
             )
     lines += [
         "",
-        "Mixed-task batches: 16 images of 4 tasks at 224 px.",
+        "Memory with N tasks loaded (a fresh process each; default budget: only the active "
+        "task materialised): the resident set's growth, the bytes the packed masks and heads "
+        "take, the materialised weights held, and the base's own weights.",
         "",
-        "| model | `adapter_names=` | grouped by hand | one image at a time | plain base, same batch | "
-        "mixed ÷ grouped |",
-        "|---|---|---|---|---|---|",
+        "| model | tasks | RSS increase | before | packed masks | heads | materialised | "
+        "base weights |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in data["models"].items():
-        s = result["speed"]
-        m = s["mixed_batch_s"]
-        lines.append(
-            f"| {name} | {m['mixed_adapter_names']:.2f} s | {m['grouped_by_task']:.2f} s | "
-            f"{m['one_sample_at_a_time']:.2f} s | {m['plain_base_same_batch']:.2f} s | "
-            f"{s['mixed_over_grouped']:.2f} |"
-        )
+        earlier = {}
+        if before and name in before["models"]:
+            earlier = {row["tasks"]: row for row in before["models"][name]["memory"]}
+        for row in result["memory"]:
+            old = earlier.get(row["tasks"])
+            lines.append(
+                f"| {name} | {row['tasks']} | {_mib(row['rss_increase_bytes'])} | "
+                f"{_mib(old['rss_increase_bytes']) if old else '-'} | "
+                f"{_mib(row['packed_mask_bytes'])} | {_mib(row['head_bytes'])} | "
+                f"{_mib(row['materialised_bytes'])} | {_mib(row['base_weight_bytes'])} |"
+            )
     return [*lines, ""]
 
 

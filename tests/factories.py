@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import timm
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 TIMM_MODELS = [
     "test_resnet",
@@ -134,3 +137,87 @@ def image_folder(
                 pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
+
+
+def assert_mixed_close(mixed: torch.Tensor, alone: torch.Tensor) -> None:
+    """A mixed-task batch's rows against the same samples run on their own task.
+
+    A mixed batch computes all tasks in one grouped convolution or batched matrix product per
+    layer, which sums in another order than the plain layer: equal up to float32 rounding.
+    """
+    torch.testing.assert_close(mixed, alone, rtol=1e-4, atol=1e-5)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the tensor operations dispatched (after autograd, as a device would receive them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        """Operations counted so far."""
+        return sum(self.counts.values())
+
+
+def count_ops(fn) -> OpCounter:
+    """Run ``fn()`` and count the tensor operations it dispatches."""
+    with OpCounter() as counter:
+        fn()
+    return counter
+
+
+def _randomise_task(model, name: str, seed: int) -> None:
+    """Give task ``name`` random state, as training would: masks with some zeros (and -1s),
+    KSM scales, PackNet weights of its own."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in model.adapter_layers():
+            scores = getattr(layer, "mask_scores", {})
+            if name in scores:
+                values = scores[name]
+                values.copy_(1e-2 + 1.5e-2 * torch.randn(values.shape, generator=gen))
+            free = getattr(layer, "free", {})
+            if name in free:
+                free[name].add_(0.1 * torch.randn(free[name].shape, generator=gen))
+
+
+def frozen_tasks(factory, config_cls, names, folder, classes=None, **config):
+    """A fresh base from ``factory`` with tasks ``names`` loaded frozen from saved artifacts.
+
+    Each task has random state (see above) and ``classes[i]`` classes (default 3). PackNet's
+    tasks are packed one after another into one network.
+    """
+    from pb_adapters import PackNetConfig, PiggybackModel, get_piggyback_model
+    from pb_adapters.methods.packnet import finalize_task, prune_task
+
+    classes = classes or [3] * len(names)
+    model = None
+    for index, (name, count) in enumerate(zip(names, classes, strict=True)):
+        task_config = config_cls(num_labels=count, **config)
+        if model is None:
+            model = get_piggyback_model(factory(), task_config, name)
+        else:
+            model.add_adapter(name, task_config)
+        model.set_adapter(name)
+        _randomise_task(model, name, seed=index)
+        if config_cls is PackNetConfig:
+            prune_task(model, name, 0.5)
+            finalize_task(model, name)
+    if config_cls is PackNetConfig:  # one artifact holds the whole packed network
+        model.save_pretrained(folder / "net", names[-1], write_card=False)
+        loaded = PiggybackModel.from_pretrained(factory(), folder / "net", adapter_name=names[-1])
+        return loaded.eval()
+    loaded = None
+    for name in names:
+        model.save_pretrained(folder / name, name, write_card=False)
+        if loaded is None:
+            loaded = PiggybackModel.from_pretrained(factory(), folder / name, adapter_name=name)
+        else:
+            loaded.load_adapter(folder / name, adapter_name=name)
+    return loaded.eval()

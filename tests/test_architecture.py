@@ -28,9 +28,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "pb_adapters.methods.base",
         "pb_adapters.targeting",
         "pb_adapters.heads",
-        "pb_adapters.batching",
     ),
     ("pb_adapters.methods",),  # each method's folder, and the package's re-exports
+    ("pb_adapters.serving", "pb_adapters.batching"),  # many tasks on one base, over any method
     ("pb_adapters.mask_coding", "pb_adapters.serialization"),
     ("pb_adapters.card",),
     ("pb_adapters.hub",),

@@ -63,3 +63,57 @@ def test_accuracy_and_training_sections(tmp_path: Path, monkeypatch: pytest.Monk
     assert "| piggyback | 95.0% ± 1.0 (n=3) | 94.0-96.0% | -2.0 points | 60 s | 2.00% |" in text
     assert "| finetune | 97.0% ± 0.5 (n=3) |" in text
     assert "| 64 px x 32 | 1 | piggyback | 10 | 200.0 ms | 1.25x | 1.0 MiB | 1.00x |" in text
+
+
+def _multitask_speed(held: float, ops_mixed: int) -> dict:
+    precision = {"fp32": 1.01, "bf16": 1.02, "bf16_vs_base_requires_grad": 1.03}
+    return {
+        "batch": 16,
+        "switch_held_over_forward": held,
+        "switch_packed_over_floor": 1.05,
+        "mixed_over_one_task": 1.2,
+        "precision": {"1": precision, "16": precision},
+        "switching_s": {
+            "plain_forward": 0.05,
+            "unpack_and_multiply": 0.02,
+            "set_adapter_held": 2e-4,
+            "set_adapter_packed": 0.03,
+        },
+        "mixed_s": {"mixed_held": 1.2, "one_task": 1.0},
+        "ops": {
+            "masked_layers": 53,
+            "plain_forward": 229,
+            "switch_packed": 5,
+            "switch_held": 0,
+            "mixed_batch": ops_mixed,
+            "one_task_batch": 229,
+            "mixed_over_one_task": ops_mixed / 229,
+        },
+    }
+
+
+def test_multitask_section_shows_before_and_after(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(report, "DOCS_PAGE", tmp_path / "benchmarks.md")
+    memory = [
+        {"tasks": 1, "rss_increase_bytes": 2**20, "packed_mask_bytes": 2**19,
+         "head_bytes": 1024, "materialised_bytes": 2**21, "base_weight_bytes": 2**22},
+    ]  # fmt: skip
+    for name, held, ops in (("multitask-cpu-before", 1.25, 2784), ("multitask-cpu", 1.01, 335)):
+        payload = {
+            "machine": MACHINE,
+            "zero_fraction": 0.1,
+            "repeats": 7,
+            "large_repeats": 3,
+            "load_average_start": [6.5, 6, 6],
+            "load_average_end": [7.5, 7, 7],
+            "models": {"resnet50": {"speed": _multitask_speed(held, ops), "memory": memory}},
+        }
+        (tmp_path / f"{name}.json").write_text(json.dumps(payload))
+    text = report.render().read_text()
+    assert "| resnet50 | before | 1.25x | 1.05x | 1.20x |" in text
+    assert "| resnet50 | after | 1.01x | 1.05x | 1.20x |" in text
+    assert "| resnet50 | before | 53 | 229 | 5 | 0 | 2784 ÷ 229 = 12.16x |" in text
+    assert "| resnet50 | after | 53 | 229 | 5 | 0 | 335 ÷ 229 = 1.46x |" in text
+    assert "load average 6.5 at the start, 7.5 at the end" in text
+    assert "| resnet50 | 1 | 1.0 MiB | 1.0 MiB | 0.5 MiB | 0.0 MiB | 2.0 MiB | 4.0 MiB |" in text

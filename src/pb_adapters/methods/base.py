@@ -9,7 +9,7 @@ only say how an adapter's state turns into a weight and into artifact tensors.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -23,8 +23,17 @@ __all__ = [
     "AdapterLayer",
     "BufferDict",
     "ScoredMaskLayer",
+    "WeightWriter",
+    "flat_views",
     "is_supported_layer",
+    "staging_dtype",
 ]
+
+#: Writes one adapter's inference weights of many layers at once: ``writer(targets, joined)``
+#: fills ``targets`` (one flat, contiguous tensor per layer, of the layer's weight numel);
+#: ``joined`` is ``None`` or one contiguous tensor whose consecutive slices are exactly
+#: ``targets``, in order (a writer may then fill it in one operation).
+WeightWriter = Callable[[Sequence[Tensor], Tensor | None], None]
 
 #: Module types a mask can be put on. Subclasses (timm's ``Conv2dSame``, ``StdConv2d``,
 #: ``Linear``...) are supported through the same path.
@@ -56,7 +65,10 @@ def _is_timm_conv2d_same(layer: nn.Module) -> bool:
     return cls.__name__ == "Conv2dSame" and cls.__module__ == "timm.layers.conv2d_same"
 
 
-def _select_forward(layer: nn.Module) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+def _select_forward(
+    layer: nn.Module,
+) -> tuple[Callable[[nn.Module, Tensor, Tensor], Tensor], str]:
+    """How to call ``layer`` with another weight, and the kind of call (see ``forward_kind``)."""
     cls = type(layer)
     if _is_timm_conv2d_same(layer):
         # timm's Conv2dSame (TensorFlow "SAME" padding, in the tf_* EfficientNets): call its
@@ -68,25 +80,57 @@ def _select_forward(layer: nn.Module) -> Callable[[nn.Module, Tensor, Tensor], T
                 x, weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
             )
 
-        return _conv2d_same_forward
+        return _conv2d_same_forward, "conv_same"
     if isinstance(layer, nn.Linear) and cls.forward is nn.Linear.forward:
-        return _linear_forward
+        return _linear_forward, "linear"
     for conv_cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
         if isinstance(layer, conv_cls) and cls.forward is conv_cls.forward:
-            return _conv_forward
-    return _generic_forward
+            return _conv_forward, "conv"
+    return _generic_forward, "generic"
+
+
+def flat_views(tensors: Sequence[Tensor], shared: dict[Any, Any]) -> list[Tensor] | None:
+    """1-D views of ``tensors`` if all are contiguous and share one dtype and device, else None.
+
+    What a batched :data:`WeightWriter` needs to treat many layers' weights as one list. Kept
+    in ``shared`` (a writer's scratch dict), so every adapter of the same layers reuses them.
+    """
+    key = ("flat", tuple((id(t), t.data_ptr()) for t in tensors))
+    if key in shared:
+        return shared[key]
+    views: list[Tensor] | None = []
+    first = tensors[0] if tensors else None
+    if first is not None and any(
+        not t.is_contiguous() or t.dtype != first.dtype or t.device != first.device for t in tensors
+    ):
+        views = None
+    else:
+        views = [t.detach().view(-1) for t in tensors]
+    shared[key] = views
+    return views
+
+
+def staging_dtype(device: torch.device, dtype: torch.dtype, small: torch.dtype) -> torch.dtype:
+    """The dtype a batched writer stages its expanded mask in before copying it to the weights.
+
+    On CPU, ``small`` (a byte per entry) moves fewer bytes; on accelerators the copy must keep
+    the weights' ``dtype`` to stay one fused multi-tensor kernel.
+    """
+    return small if device.type == "cpu" else dtype
 
 
 class BufferDict(nn.Module):
     """A dict of buffers that follows ``.to()``, ``.cuda()`` and ``state_dict`` like parameters do."""
 
     def __setitem__(self, key: str, value: Tensor) -> None:
+        AdapterLayer.state_epoch += 1
         self.register_buffer(key, value)
 
     def __getitem__(self, key: str) -> Tensor:
         return self._buffers[key]  # type: ignore[return-value]
 
     def __delitem__(self, key: str) -> None:
+        AdapterLayer.state_epoch += 1
         del self._buffers[key]
 
     def __contains__(self, key: object) -> bool:
@@ -129,6 +173,15 @@ class AdapterLayer(nn.Module):
     #: same tensors.
     shared_state: bool = False
 
+    #: How many adapter layers were ever created: a serving cache compares it to notice, at
+    #: no cost per switch, that a model may hold new layers.
+    instances_created: ClassVar[int] = 0
+    #: Bumped whenever a layer's tensor attributes or :class:`BufferDict` entries are replaced
+    #: (adapters added, imported, deleted, packed): a serving cache re-checks the state its
+    #: materialised weights came from only after it moved. In-place writes bump the tensors'
+    #: own version counters instead, which the cache checks at every switch.
+    state_epoch: ClassVar[int] = 0
+
     def __init__(self, base_layer: nn.Module) -> None:
         if not is_supported_layer(base_layer):
             raise TargetingError(
@@ -136,20 +189,35 @@ class AdapterLayer(nn.Module):
                 + ", ".join(t.__name__ for t in SUPPORTED_LAYER_TYPES)
             )
         super().__init__()
+        AdapterLayer.instances_created += 1
         self.base_layer = base_layer
         self.active_adapter: str | None = None
         self.disabled = False
-        self._forward_with = _select_forward(base_layer)
+        #: How the base layer is called with another weight: ``"linear"``, ``"conv"`` (the
+        #: standard ``nn.ConvNd`` forward), ``"conv_same"`` (timm's dynamic "SAME" padding) or
+        #: ``"generic"`` (the module's own forward through ``functional_call``).
+        self.forward_kind: str
+        self._forward_with, self.forward_kind = _select_forward(base_layer)
         # The active adapter's weight, materialised for inference (eval mode), so inference
         # costs what the base costs. Plain booleans (not the adapter name) drive forward's
         # branches so that a compiled model does not recompile when the task changes.
         self.register_buffer("merged_weight", None, persistent=False)
-        self._merged_key: tuple[Any, ...] | None = None
+        self._merged_key: Any = None
         self._cache_merged = True
         self._has_active = False
         self._active_trainable = False
+        # Set by a wrapper's serving cache (pb_adapters.serving): frozen adapters' weights are
+        # then views of its shared bank. ``_route`` is set only during a mixed-task batch, which
+        # it computes inside the layer (pb_adapters.batching).
+        self._serving: Any = None
+        self._route: Any = None
         for param in base_layer.parameters():
             param.requires_grad_(False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, Tensor) or name in self._buffers or name in self._parameters:
+            AdapterLayer.state_epoch += 1
+        super().__setattr__(name, value)
 
     # -- read-through attributes ------------------------------------------------------------
     @property
@@ -207,6 +275,49 @@ class AdapterLayer(nn.Module):
         hardened weight here, which is also what its artifact stores.
         """
         return self.effective_weight(name)
+
+    @classmethod
+    def inference_writer(
+        cls, layers: Sequence[AdapterLayer], name: str, shared: dict[Any, Any]
+    ) -> WeightWriter:
+        """A :data:`WeightWriter` of adapter ``name``'s :meth:`inference_weight` on ``layers``.
+
+        Used by the serving cache, which calls it again whenever the state it read changed.
+        Building it may run per-layer tensor operations (views, say); running it should
+        dispatch a number of operations that does not grow with ``len(layers)``: a switch of
+        task then costs a few kernel launches, not a few per layer. ``shared`` is a scratch dict
+        for tensors that depend on the layers only (kept by the caller, shared by all adapters).
+
+        This default writes layer by layer (a few operations per layer); methods override it.
+        """
+
+        def write(targets: Sequence[Tensor], joined: Tensor | None) -> None:
+            with torch.no_grad():
+                for layer, target in zip(layers, targets, strict=True):
+                    target.copy_(layer.inference_weight(name).reshape(-1))
+
+        return write
+
+    @classmethod
+    def batchable(
+        cls,
+        layers: Sequence[AdapterLayer],
+        name: str,
+        shared: dict[Any, Any],
+        source: Callable[[Any], Tensor],
+        setting: Callable[[Any], Any],
+    ) -> tuple[Any, list[Tensor]] | None:
+        """``(setting, flat sources)`` where a batched writer applies to ``layers``: all of this
+        class, ``name`` frozen on each, one value of ``setting(layer)`` and contiguous
+        ``source(layer)`` tensors of one dtype and device (:func:`flat_views`); else ``None``.
+        """
+        if not all(isinstance(layer, cls) and not layer.is_trainable(name) for layer in layers):
+            return None
+        settings = {setting(layer) for layer in layers}
+        sources = flat_views([source(layer) for layer in layers], shared)
+        if len(settings) != 1 or sources is None:
+            return None
+        return settings.pop(), sources
 
     def float32_parameters(self) -> list[nn.Parameter]:
         """Parameters that stay float32 when the model is cast to half precision (default: none)."""
@@ -280,11 +391,30 @@ class AdapterLayer(nn.Module):
         name = self.active_adapter
         if name is None or self.disabled or not self._cache_merged:
             return
+        serving = self._serving
+        if serving is not None and not self._active_trainable and serving.refresh_layer(self):
+            return  # a view of the serving cache's bank, materialised for all layers at once
         key = self._cache_key(name)
         if key != self._merged_key:
             with torch.no_grad():
                 self.merged_weight = self.inference_weight(name)
             self._merged_key = key
+
+    def serve(self, name: str | None, weight: Tensor | None, key: object) -> None:
+        """Compute with frozen adapter ``name`` and its materialised ``weight`` (``None``: the
+        plain base), as the serving cache does for all layers of a model at once.
+
+        ``key`` marks the weight as the cache's; :meth:`refresh_merged` asks the cache again
+        once it no longer matches. Plain attribute writes: this runs for every layer at every
+        switch.
+        """
+        self.__dict__.update(
+            active_adapter=name,
+            _has_active=name is not None,
+            _active_trainable=False,
+            _merged_key=key,
+        )
+        self._buffers["merged_weight"] = weight
 
     def _drop_merged(self) -> None:
         self.merged_weight = None
@@ -308,12 +438,16 @@ class AdapterLayer(nn.Module):
         super().train(mode)
         if mode:
             self._drop_merged()  # free the memory while training
+            if self._serving is not None:
+                self._serving.clear()
         else:
             self.refresh_merged()
         return self
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Run the base layer with the active adapter's effective weight."""
+        if self._route is not None:  # a mixed-task batch: every sample with its task's weight
+            return self._route.layer_forward(self, x, *args, **kwargs)
         if self.disabled or not self._has_active:
             return self.base_layer(x, *args, **kwargs)
         if self.training or (self._active_trainable and torch.is_grad_enabled()):
@@ -342,7 +476,12 @@ class AdapterLayer(nn.Module):
             if param.dtype != torch.float32:
                 param.data = saved[id(param)].to(device=param.device, dtype=torch.float32)
         self._merged_key = None  # moved or cast: recompute from the converted base weight
-        if not self.training and self._has_active:
+        if self._serving is not None:
+            # The bank stays behind: drop it, and materialise again on the next forward (the
+            # other layers may not have moved yet).
+            self._serving.clear()
+            self._buffers["merged_weight"] = None
+        elif not self.training and self._has_active:
             self.refresh_merged()
         return self
 
@@ -414,6 +553,20 @@ class ScoredMaskLayer(AdapterLayer):
     def trainable_parameters(self, name: str) -> list[nn.Parameter]:
         """The scores of adapter ``name`` (empty for a frozen, packed adapter)."""
         return [self.mask_scores[name]] if name in self.mask_scores else []
+
+    @classmethod
+    def batchable_on_base(
+        cls, layers: Sequence[AdapterLayer], name: str, shared: dict[Any, Any], setting: int
+    ) -> tuple[Any, list[Tensor]] | None:
+        """:meth:`batchable` with the base weights as sources and ``adapter_settings[name]
+        [setting]`` as the setting all layers must share."""
+        return cls.batchable(
+            layers,
+            name,
+            shared,
+            lambda layer: layer.base_layer.weight,
+            lambda layer: layer.adapter_settings[name][setting],
+        )
 
     def float32_parameters(self) -> list[nn.Parameter]:
         """Every adapter's scores: they stay float32 under half-precision casts."""

@@ -382,6 +382,7 @@ class LoadingMixin:
                 )
             if not is_trainable:
                 self._frozen.add(task.name)
+                self.task_modules[task.name].requires_grad_(False)  # switches skip frozen tasks
         first = plan.tasks[-1].name
         self.set_adapter(first if self.active_adapter is None else self.active_adapter)
 

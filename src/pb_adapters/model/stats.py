@@ -21,6 +21,9 @@ class MaskStats:
         entropy_bits: Empirical order-0 entropy of the masks (zero versus nonzero), summed over
             layers: ``entries * H(zeros / entries)`` per layer. No lossless coder that treats
             each layer's entries as independent can store the masks in fewer bits.
+        materialised_bytes: Bytes of this adapter's materialised weights held now.
+        cache_bytes: Bytes of the serving cache's bank (every task it holds).
+        cache_budget_bytes: ``model.serving.budget_bytes`` (``None``: the active task only).
     """
 
     per_layer: dict[str, float] = field(default_factory=dict)
@@ -28,6 +31,9 @@ class MaskStats:
     zeros: int = 0
     num_masked: int = 0
     entropy_bits: float = 0.0
+    materialised_bytes: int = 0
+    cache_bytes: int = 0
+    cache_budget_bytes: int | None = None
 
     @property
     def entropy_bits_per_entry(self) -> float:
@@ -52,6 +58,7 @@ class AdapterInfo:
     id2label: dict[int, str]
     trainable: bool
     active: bool
+    materialised_bytes: int = 0  # bytes of its materialised weights held (0: packed only)
 
 
 class StatsMixin:
@@ -67,6 +74,7 @@ class StatsMixin:
                 id2label=dict(self._labels[name].id2label or {}),
                 trainable=name not in self._frozen,
                 active=name == self.active_adapter,
+                materialised_bytes=self.serving.materialised_bytes(name),
             )
             for name, config in self.peft_config.items()
         ]
@@ -115,4 +123,7 @@ class StatsMixin:
                 stats.num_masked += entries
                 stats.entropy_bits += order0_entropy_bits(zeros, entries)
         stats.total = stats.zeros / max(stats.num_masked, 1)
+        stats.materialised_bytes = self.serving.materialised_bytes(name)
+        stats.cache_bytes = self.serving.bank_bytes
+        stats.cache_budget_bytes = self.serving.budget_bytes
         return stats

@@ -17,13 +17,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..batching import group_indices, merge_outputs, select_batch
+from ..batching import mixed_batch_forward
 from ..config import AdapterConfig
 from ..errors import AdapterNotFoundError, ConfigError, PbAdaptersError
 from ..heads import LabelState, get_label_state, set_label_state
 from ..hub import resolve_adapter_folder
 from ..methods import get_method
 from ..methods.base import AdapterLayer
+from ..serving import ServingCache
 from ..targeting import find_head_paths, is_norm_layer, model_family, resolve_target_modules
 from ..utils.names import validate_adapter_name
 from .identity import IdentityMixin
@@ -91,6 +92,7 @@ class PiggybackModel(LoadingMixin, SavingMixin, MergingMixin, StatsMixin, Identi
         self._base_labels = get_label_state(model)
         self._head_paths = find_head_paths(model)
         self._fingerprint_cache: tuple[tuple[Any, ...], str] | None = None
+        self.serving = ServingCache(model)  # frozen tasks' materialised weights, budgeted
         self._base_requires_grad = [(p, p.requires_grad) for p in model.parameters()]
         # merge_adapter: layer path -> the original weight the merged one stands in for
         self._unmerged_weights: dict[str, nn.Parameter] = {}
@@ -186,20 +188,35 @@ class PiggybackModel(LoadingMixin, SavingMixin, MergingMixin, StatsMixin, Identi
                 f"adapter_names has {len(names)} entries but the input batch is {size}"
             )
         previous = self.active_adapter
-        parts = []
         try:
-            for name, index in group_indices(names).items():
-                group_args, group_kwargs = select_batch(args, kwargs, len(names), index)
-                if name == BASE_ADAPTER_NAME:
-                    with self.disable_adapter():
-                        parts.append((index, self.base_model(*group_args, **group_kwargs)))
-                else:
-                    self.set_adapter(name)
-                    parts.append((index, self.base_model(*group_args, **group_kwargs)))
+            return mixed_batch_forward(
+                self.serving,
+                [None if name == BASE_ADAPTER_NAME else name for name in names],
+                args,
+                kwargs,
+                run=self.base_model,
+                run_group=self._run_group,
+                modules_of=self._modules_of,
+                get_module=self.base_model.get_submodule,
+                set_module=lambda path, module: set_submodule(self.base_model, path, module),
+            )
         finally:
             if previous is not None and self.active_adapter != previous:
                 self.set_adapter(previous)
-        return merge_outputs(parts, len(names))
+
+    def _run_group(self, task: str | None, args: Any, kwargs: Any) -> Any:
+        """The base model on one task's rows of a mixed batch (``None``: the plain base)."""
+        if task is None:
+            with self.disable_adapter():
+                return self.base_model(*args, **kwargs)
+        self.set_adapter(task)
+        return self.base_model(*args, **kwargs)
+
+    def _modules_of(self, task: str | None) -> dict[str, nn.Module]:
+        """``{path: module}`` of the whole modules (heads, norms) task ``task`` swaps in."""
+        modules = dict(self.base_modules.items())
+        modules.update(self.task_modules[task].items() if task is not None else ())
+        return {module_path(key): module for key, module in modules.items()}
 
     @property
     def family(self) -> str:
@@ -275,7 +292,7 @@ class PiggybackModel(LoadingMixin, SavingMixin, MergingMixin, StatsMixin, Identi
                 if module_key(path) not in self.base_modules:
                     self.base_modules[module_key(path)] = self.base_model.get_submodule(path)
                 store[module_key(path)] = module
-            self.task_modules[name] = store
+            self.task_modules[name] = store.train(self.training)  # switches keep modes as they are
         self._module_kinds[name] = {module_key(path): kind for path, (kind, _) in modules.items()}
 
     def _labels_for(self, config: AdapterConfig) -> LabelState:
@@ -358,13 +375,19 @@ class PiggybackModel(LoadingMixin, SavingMixin, MergingMixin, StatsMixin, Identi
         """
         self._require_unmerged("set_adapter")
         self._require_adapter(adapter_name)
-        for _, layer in self.adapter_layers():
-            layer.set_adapter(adapter_name if adapter_name in layer.adapter_names else None)
+        # Eval mode: the serving cache points every layer at the task's materialised weights
+        # in one pass (no tensor operation when they are held). Trainable tasks: layer by layer.
+        if self.training or not self.serving.activate(adapter_name):
+            for _, layer in self.adapter_layers():
+                layer.set_adapter(adapter_name if adapter_name in layer.adapter_names else None)
         self._install(adapter_name)
         set_label_state(self.base_model, self._labels[adapter_name])
+        frozen = {adapter_name, self.active_adapter} <= self._frozen
         self.active_adapter = adapter_name
-        self._update_trainable()
-        self.train(self.training)
+        if not frozen:  # frozen tasks have nothing trainable to switch
+            self._update_trainable()
+        if self.training:  # the norm layers this task trains; eval mode is already uniform
+            self.train(True)
 
     def _update_trainable(self) -> None:
         for _, layer in self.adapter_layers():

@@ -20,6 +20,7 @@ __all__ = [
     "packed_size",
     "padding_bits_clear",
     "unpack_bits",
+    "unpack_bits_padded",
     "unpack_uints",
 ]
 
@@ -49,12 +50,17 @@ def pack_bits(bits: Tensor) -> Tensor:
     return (flat.view(-1, 8) * weights).sum(dim=1, dtype=torch.int32).to(torch.uint8)
 
 
-def unpack_bits(packed: Tensor, numel: int, dtype: torch.dtype = torch.bool) -> Tensor:
-    """Inverse of :func:`pack_bits`: a flat tensor of ``numel`` entries, 0/1 in ``dtype``."""
-    key = (dtype, packed.device)
+def _unpack_table(dtype: torch.dtype, device: torch.device) -> Tensor:
+    key = (dtype, device)
     table = _UNPACK_TABLES.get(key)
     if table is None:
-        table = _UNPACK_TABLES[key] = _UNPACK_TABLE.to(device=packed.device, dtype=dtype)
+        table = _UNPACK_TABLES[key] = _UNPACK_TABLE.to(device=device, dtype=dtype)
+    return table
+
+
+def unpack_bits(packed: Tensor, numel: int, dtype: torch.dtype = torch.bool) -> Tensor:
+    """Inverse of :func:`pack_bits`: a flat tensor of ``numel`` entries, 0/1 in ``dtype``."""
+    table = _unpack_table(dtype, packed.device)
     return table.index_select(0, packed.reshape(-1).long()).reshape(-1)[:numel]
 
 
@@ -70,6 +76,24 @@ def count_one_bits(packed: Tensor) -> int:
     if table is None:
         table = _POPCOUNT_TABLES[flat.device] = BYTE_POPCOUNT.to(flat.device)
     return int(table[flat.long()].sum())
+
+
+def unpack_bits_padded(
+    packed: Tensor, dtype: torch.dtype = torch.bool, out: Tensor | None = None
+) -> Tensor:
+    """Every bit of a flat ``uint8`` tensor, padding included: ``8 * len(packed)`` entries, 0/1
+    in ``dtype``, written into ``out`` (a contiguous tensor of that many entries) when given.
+
+    Three tensor operations whatever the length, so many packed planes joined end to end unpack
+    at once (each plane then starts at 8 times its byte offset).
+    """
+    dtype = out.dtype if out is not None else dtype
+    table = _unpack_table(dtype, packed.device)
+    index = packed.int()  # index_select takes int32 indices: half the temporary of int64
+    if out is None:
+        return table.index_select(0, index).view(-1)
+    torch.index_select(table, 0, index, out=out.view(-1, 8))
+    return out
 
 
 def count_zero_bits(packed: Tensor, numel: int) -> int:

@@ -8,6 +8,8 @@ convolutions), a block of ``block_size`` consecutive input connections of one ou
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,13 +20,15 @@ from ...utils.bits import (
     packed_size,
     padding_bits_clear,
     unpack_bits,
+    unpack_bits_padded,
 )
-from ..base import ScoredMaskLayer
+from ..base import AdapterLayer, ScoredMaskLayer, WeightWriter
 from .config import KSMConfig
 
 __all__ = [
     "KSMLayer",
     "dequantize_scales",
+    "entry_repeats",
     "expand_mask",
     "mask_shape",
     "quantize_scales",
@@ -64,6 +68,19 @@ def expand_mask(mask: Tensor, weight_shape: tuple[int, ...], block_size: int) ->
         mask = mask.unsqueeze(-1).expand(rows, cols, block_size).reshape(rows, cols * block_size)
         mask = mask[:, :fan_in]
     return mask.reshape(weight_shape)
+
+
+def entry_repeats(weight_shape: tuple[int, ...], block_size: int) -> Tensor:
+    """How many consecutive weights (in C order) each mask entry covers, as :func:`expand_mask`
+    lays it out: the kernel size, or ``block_size`` (less for the last block of a row)."""
+    rows, cols = mask_shape(weight_shape, block_size)
+    spatial = math.prod(weight_shape[2:])
+    if spatial > 1:
+        return torch.full((rows * cols,), spatial, dtype=torch.int32)
+    fan_in = weight_shape[1] if len(weight_shape) > 1 else 1
+    row = torch.full((cols,), block_size, dtype=torch.int32)
+    row[-1] = fan_in - (cols - 1) * block_size
+    return row.repeat(rows)
 
 
 def relaxed_binary(real_mask: Tensor, temperature: float) -> Tensor:
@@ -196,6 +213,56 @@ class KSMLayer(ScoredMaskLayer):
     def inference_weight(self, name: str) -> Tensor:
         """``W * (1[r > 0] + quantised real part)``: exactly what the artifact reproduces."""
         return self._apply_mask(name, self.hard_mask(name))
+
+    @classmethod
+    def inference_writer(
+        cls, layers: Sequence[AdapterLayer], name: str, shared: dict[Any, Any]
+    ) -> WeightWriter:
+        """All layers' hard weights at once: every layer's entries joined, dequantised with
+        per-entry copies of the layers' ranges, spread over the weights by one
+        ``repeat_interleave`` and multiplied by one multi-tensor product. Bit for bit
+        :meth:`inference_weight`."""
+        ready = cls.batchable_on_base(layers, name, shared, setting=3)  # the block size
+        if ready is None:
+            return super().inference_writer(layers, name, shared)
+        block, bases = ready
+        ksm: list[KSMLayer] = list(layers)  # type: ignore[arg-type]
+        device, dtype = bases[0].device, bases[0].dtype
+        entries = [math.prod(layer._mask_shape(name)) for layer in ksm]
+        key = ("ksm-layout", block, device, tuple(id(layer) for layer in ksm))
+        if key not in shared:  # per-entry layout, the same for every adapter of these layers
+            repeats = torch.cat([entry_repeats(layer._weight_shape, block) for layer in ksm])
+            shared[key] = (repeats.to(device), torch.tensor(entries, device=device))
+        repeats, counts = shared[key]
+        planes = [layer.packed_masks[name] for layer in ksm]
+        codes = [layer.scale_codes[name].view(-1) for layer in ksm]
+        ranges = [layer.scale_ranges[name] for layer in ksm]
+        padded = any(n % 8 for n in entries)
+        pieces = [size for n in entries for size in (n, -n % 8)]
+        numels = [base.numel() for base in bases]
+        total_entries, total = sum(entries), sum(numels)
+
+        def write(targets: Sequence[Tensor], joined: Tensor | None) -> None:
+            with torch.no_grad():
+                binary = unpack_bits_padded(torch.cat(planes), torch.float32)
+                if padded:
+                    binary = torch.cat(binary.split(pieces)[::2])
+                offset, step = (
+                    torch.stack(ranges)
+                    .repeat_interleave(counts, dim=0, output_size=total_entries)
+                    .unbind(1)
+                )
+                real = offset + torch.cat(codes).to(torch.float32) * step
+                mask = (binary + real).to(dtype)
+                full = mask.repeat_interleave(repeats, output_size=total)
+                chunks = list(full.split(numels))
+                torch._foreach_mul_(chunks, bases)
+                if joined is not None:
+                    joined.copy_(full)
+                else:
+                    torch._foreach_copy_(list(targets), chunks)
+
+        return write
 
     def mask_counts(self, name: str) -> tuple[int, int]:
         """``(entries whose binary part is 0, mask entries)`` of adapter ``name``."""

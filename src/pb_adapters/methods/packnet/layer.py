@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +17,7 @@ from ...utils.bits import (
     padding_bits_clear,
     unpack_uints,
 )
-from ..base import AdapterLayer, BufferDict
+from ..base import AdapterLayer, BufferDict, WeightWriter, flat_views, staging_dtype
 from .config import PackNetConfig
 
 __all__ = ["PackNetLayer"]
@@ -146,6 +148,34 @@ class PackNetLayer(AdapterLayer):
             free = self.free[name]
             return torch.where(self.earlier[name], self.packed, free * self.claims[name])
         return torch.where(self._used(index), self.packed, torch.zeros_like(self.packed))
+
+    @classmethod
+    def inference_writer(
+        cls, layers: Sequence[AdapterLayer], name: str, shared: dict[Any, Any]
+    ) -> WeightWriter:
+        """All layers' weights of packed task ``name`` at once: ``packed * (owner <= k)`` over
+        the joined owner indices (``packed`` is 0 wherever no task owns the entry), one
+        comparison and one multi-tensor product. Equal to :meth:`effective_weight`."""
+        ready = cls.batchable(
+            layers, name, shared, lambda layer: layer.packed, lambda layer: layer.task_index[name]
+        )
+        if ready is None:
+            return super().inference_writer(layers, name, shared)
+        index, sources = ready
+        owners = flat_views([layer.owner for layer in layers], shared)
+        numels = [source.numel() for source in sources]
+        staging = staging_dtype(sources[0].device, sources[0].dtype, torch.bool)
+
+        def write(targets: Sequence[Tensor], joined: Tensor | None) -> None:
+            with torch.no_grad():
+                keep = torch.cat(owners) <= index
+                if joined is not None:
+                    joined.copy_(keep)
+                else:
+                    torch._foreach_copy_(list(targets), list(keep.to(staging).split(numels)))
+                torch._foreach_mul_(list(targets), sources)
+
+        return write
 
     def used_entries(self, name: str) -> Tensor:
         """Boolean tensor of the entries task ``name`` computes with (the rest are zero for it)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -13,8 +15,9 @@ from ...utils.bits import (
     packed_size,
     padding_bits_clear,
     unpack_bits,
+    unpack_bits_padded,
 )
-from ..base import ScoredMaskLayer
+from ..base import AdapterLayer, ScoredMaskLayer, WeightWriter, staging_dtype
 from .config import PiggybackConfig
 
 __all__ = ["PiggybackLayer", "binarize"]
@@ -101,6 +104,39 @@ class PiggybackLayer(ScoredMaskLayer):
             return weight * self.mask(name).to(weight.dtype)
         # A frozen mask is a fresh tensor: multiply in place to save one weight-sized buffer.
         return self.mask(name).to(weight.dtype).mul_(weight)
+
+    @classmethod
+    def inference_writer(
+        cls, layers: Sequence[AdapterLayer], name: str, shared: dict[Any, Any]
+    ) -> WeightWriter:
+        """All layers' ``W * mask`` at once: the packed planes joined, unpacked by one table
+        lookup (straight into the bank when it is one contiguous buffer) and multiplied by one
+        multi-tensor product. Bit for bit what :meth:`effective_weight` gives."""
+        ready = cls.batchable_on_base(layers, name, shared, setting=1)  # ternary or not
+        if ready is None:
+            return super().inference_writer(layers, name, shared)
+        ternary, bases = ready
+        planes = [layer.packed_masks[name] for layer in layers]
+        signs = [layer.packed_signs[name] for layer in layers] if ternary else []
+        numels = [base.numel() for base in bases]
+        aligned = all(n % 8 == 0 for n in numels)  # no padding bits between layers
+        pieces = [size for n in numels for size in (n, -n % 8)]  # each layer, then its padding
+        staging = staging_dtype(
+            bases[0].device, bases[0].dtype, torch.int8 if ternary else torch.uint8
+        )
+
+        def write(targets: Sequence[Tensor], joined: Tensor | None) -> None:
+            with torch.no_grad():
+                direct = aligned and joined is not None
+                packed = torch.cat(planes)
+                mask = unpack_bits_padded(packed, staging, out=joined if direct else None)
+                if ternary:
+                    mask.sub_(unpack_bits_padded(torch.cat(signs), mask.dtype), alpha=2)
+                if not direct:
+                    torch._foreach_copy_(list(targets), list(mask.split(pieces)[::2]))
+                torch._foreach_mul_(list(targets), bases)
+
+        return write
 
     def mask_counts(self, name: str) -> tuple[int, int]:
         """``(zeros, weights)`` of adapter ``name``'s mask."""
