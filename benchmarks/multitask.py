@@ -13,9 +13,12 @@ The ratios (the goals they are read against are in docs/multitask.md):
 - switch to a held task: ``set_adapter`` + a batch-1 forward / a plain batch-1 forward;
 - switch to a packed task: the same with a task that must be materialised / the physical floor,
   a plain forward plus unpacking and multiplying every masked weight with plain operations;
-- a mixed batch over 8 tasks / the same batch on one task (fp32; bf16 autocast on CUDA);
-- the active task / the plain base, fp32 and bf16 autocast, batch 1 and the large batch (the
-  base with ``requires_grad`` on and off: autocast caches its casts of such leaves);
+- a mixed batch over 8 tasks / the same batch on one task (fp32; bf16 autocast on CUDA), in the
+  default mode of the device and in both modes (``model.serving.mixed_mode``: one fused pass, or
+  one pass per task);
+- the active task / the plain base, fp32 and bf16 autocast (and fp16 on CUDA), batch 1 and the
+  large batch (the base with ``requires_grad`` on and off: autocast caches its casts of such
+  leaves);
 - resident memory with 1, 10 and 50 tasks loaded (fresh processes);
 - tensor operations dispatched by a switch and by a mixed batch (device independent).
 """
@@ -133,9 +136,20 @@ def _floor(model: PiggybackModel, task: str) -> Callable[[], Any]:
 
 
 @contextlib.contextmanager
-def _bf16(device: str) -> Iterator[None]:
-    with torch.autocast(device, dtype=torch.bfloat16):
+def _autocast(device: str, dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
+    with torch.autocast(device, dtype=dtype):
         yield
+
+
+def _set_mode(model: PiggybackModel, mode: str) -> Callable[[], Any]:
+    """A callable that sets ``model``'s mixed-batch mode (nothing on code without one)."""
+    serving = getattr(model, "serving", None)
+
+    def apply() -> None:
+        if serving is not None and hasattr(serving, "mixed_mode"):
+            serving.mixed_mode = mode
+
+    return apply
 
 
 def _toggle(model: PiggybackModel, tasks: list[str], x: torch.Tensor | None) -> Callable[[], Any]:
@@ -167,80 +181,142 @@ def measure_speed(
         for model in (packed, cached):
             for index in range(TASKS):
                 model.set_adapter(f"t{index}")
-        # 1. switching
-        switching = interleaved_medians(
-            {
-                "plain_forward": lambda: plain(x1),
-                "switch_held_and_forward": _toggle(cached, ["t0", "t1"], x1),
-                "switch_packed_and_forward": _toggle(packed, ["t0", "t1"], x1),
-                "unpack_and_multiply": _floor(packed, "t1"),
-                "set_adapter_held": _toggle(cached, ["t2", "t3"], None),
-                "set_adapter_packed": _toggle(packed, ["t2", "t3"], None),
-            },
-            repeats,
-        )
-        floor = switching["plain_forward"] + switching["unpack_and_multiply"]
-        out["switching_s"] = switching
-        out["switch_held_over_forward"] = (
-            switching["switch_held_and_forward"] / switching["plain_forward"]
-        )
-        out["switch_packed_over_floor"] = switching["switch_packed_and_forward"] / floor
-        out["switch_packed_over_forward"] = (
-            switching["switch_packed_and_forward"] / switching["plain_forward"]
-        )
-        # 2. mixed batches
+        out.update(_switching(plain, packed, cached, x1, repeats))
         cached.set_adapter("t0")
         packed.set_adapter("t0")
-        mixed_candidates: dict[str, Callable[[], Any]] = {
-            "mixed_held": lambda: cached(xb, adapter_names=names),
-            "mixed_default_budget": lambda: packed(xb, adapter_names=names),
-            "one_task": lambda: cached(xb),
+        out.update(_mixed(device, packed, cached, xb, names, large_repeats))
+        out["precision"] = {
+            str(size): _precision(device, plain, cached, x, reps)
+            for size, x, reps in ((1, x1, repeats), (batch, xb, large_repeats))
         }
-        if device != "cpu":
-            mixed_candidates["mixed_held_bf16"] = lambda: _amp(device, cached, xb, names)
-            mixed_candidates["one_task_bf16"] = lambda: _amp(device, cached, xb, None)
-        mixed = interleaved_medians(mixed_candidates, large_repeats, warmup=1)
-        out["mixed_s"] = mixed
-        out["mixed_over_one_task"] = mixed["mixed_held"] / mixed["one_task"]
-        out["mixed_default_budget_over_one_task"] = (
-            mixed["mixed_default_budget"] / mixed["one_task"]
-        )
-        if device != "cpu":
-            out["mixed_over_one_task_bf16"] = mixed["mixed_held_bf16"] / mixed["one_task_bf16"]
-        # 3. the active task against the base, fp32 and bf16 autocast
-        out["precision"] = {}
-        for size, x, reps in ((1, x1, repeats), (batch, xb, large_repeats)):
-            times = interleaved_medians(
-                {
-                    "base_fp32": lambda x=x: plain(x),
-                    "active_fp32": lambda x=x: cached(x),
-                    "base_bf16": lambda x=x: _amp(device, plain, x, None),
-                    "base_bf16_requires_grad": lambda x=x: _amp(device, plain, x, None, True),
-                    "active_bf16": lambda x=x: _amp(device, cached, x, None),
-                },
-                reps,
-                warmup=1,
-            )
-            out["precision"][str(size)] = {
-                "seconds": times,
-                "fp32": times["active_fp32"] / times["base_fp32"],
-                "bf16": times["active_bf16"] / times["base_bf16"],
-                "bf16_vs_base_requires_grad": times["active_bf16"]
-                / times["base_bf16_requires_grad"],
-            }
-        # 4. operation counts
-        packed.set_adapter("t0")
-        cached.set_adapter("t0")
-        out["ops"] = {
-            "plain_forward": _ops(lambda: plain(x1)),
-            "switch_packed": _ops(lambda: packed.set_adapter("t1")),
-            "switch_held": _ops(lambda: cached.set_adapter("t1")),
-            "masked_layers": len(list(cached.adapter_layers())),
-            "one_task_batch": _ops(lambda: cached(xb)),
-            "mixed_batch": _ops(lambda: cached(xb, adapter_names=names)),
-        }
-        out["ops"]["mixed_over_one_task"] = out["ops"]["mixed_batch"] / out["ops"]["one_task_batch"]
+        out["ops"] = _operations(plain, packed, cached, x1, xb, names)
     return out
+
+
+def _switching(
+    plain: torch.nn.Module,
+    packed: PiggybackModel,
+    cached: PiggybackModel,
+    x1: torch.Tensor,
+    repeats: int,
+) -> dict[str, Any]:
+    """Switching to a held and to a packed task, against a plain forward and the floor."""
+    switching = interleaved_medians(
+        {
+            "plain_forward": lambda: plain(x1),
+            "switch_held_and_forward": _toggle(cached, ["t0", "t1"], x1),
+            "switch_packed_and_forward": _toggle(packed, ["t0", "t1"], x1),
+            "unpack_and_multiply": _floor(packed, "t1"),
+            "set_adapter_held": _toggle(cached, ["t2", "t3"], None),
+            "set_adapter_packed": _toggle(packed, ["t2", "t3"], None),
+        },
+        repeats,
+    )
+    floor = switching["plain_forward"] + switching["unpack_and_multiply"]
+    forward = switching["plain_forward"]
+    return {
+        "switching_s": switching,
+        "switch_held_over_forward": switching["switch_held_and_forward"] / forward,
+        "switch_packed_over_floor": switching["switch_packed_and_forward"] / floor,
+        "switch_packed_over_forward": switching["switch_packed_and_forward"] / forward,
+    }
+
+
+def _mixed(
+    device: str,
+    packed: PiggybackModel,
+    cached: PiggybackModel,
+    xb: torch.Tensor,
+    names: list[str],
+    repeats: int,
+) -> dict[str, Any]:
+    """A mixed batch over the tasks against the same batch on one task: in the device's
+    default mode, in each mode, and with the default budget."""
+    auto, fused, per_task = (_set_mode(cached, m) for m in ("auto", "fused", "per_task"))
+
+    def mixed_in(mode: Callable[[], Any], model: PiggybackModel = cached) -> Callable[[], Any]:
+        def call() -> Any:
+            mode()
+            return model(xb, adapter_names=names)
+
+        return call
+
+    candidates: dict[str, Callable[[], Any]] = {
+        "mixed_held": mixed_in(auto),
+        "mixed_default_budget": mixed_in(_set_mode(packed, "auto"), packed),
+        "one_task": lambda: cached(xb),
+    }
+    if hasattr(getattr(cached, "serving", None), "mixed_mode"):
+        candidates["mixed_fused"] = mixed_in(fused)
+        candidates["mixed_per_task"] = mixed_in(per_task)
+    if device != "cpu":
+        candidates["mixed_held_bf16"] = lambda: _amp(device, cached, xb, names)
+        candidates["one_task_bf16"] = lambda: _amp(device, cached, xb, None)
+    mixed = interleaved_medians(candidates, repeats, warmup=1)
+    auto()
+    one = mixed["one_task"]
+    out: dict[str, Any] = {"mixed_s": mixed}
+    for key in ("held", "default_budget", "fused", "per_task"):
+        if f"mixed_{key}" in mixed:
+            label = "mixed_over_one_task" if key == "held" else f"mixed_{key}_over_one_task"
+            out[label] = mixed[f"mixed_{key}"] / one
+    if device != "cpu":
+        out["mixed_over_one_task_bf16"] = mixed["mixed_held_bf16"] / mixed["one_task_bf16"]
+    return out
+
+
+def _precision(
+    device: str, plain: torch.nn.Module, cached: PiggybackModel, x: torch.Tensor, repeats: int
+) -> dict[str, Any]:
+    """The active task against the plain base in fp32 and under autocast."""
+    candidates: dict[str, Callable[[], Any]] = {
+        "base_fp32": lambda: plain(x),
+        "active_fp32": lambda: cached(x),
+        "base_bf16": lambda: _amp(device, plain, x, None),
+        "base_bf16_requires_grad": lambda: _amp(device, plain, x, None, True),
+        "active_bf16": lambda: _amp(device, cached, x, None),
+    }
+    if device != "cpu":  # CPU autocast has few float16 kernels: not a serving setup there
+        candidates["base_fp16"] = lambda: _amp(device, plain, x, None, dtype=torch.float16)
+        candidates["active_fp16"] = lambda: _amp(device, cached, x, None, dtype=torch.float16)
+    times = interleaved_medians(candidates, repeats, warmup=1)
+    out = {
+        "seconds": times,
+        "fp32": times["active_fp32"] / times["base_fp32"],
+        "bf16": times["active_bf16"] / times["base_bf16"],
+        "bf16_vs_base_requires_grad": times["active_bf16"] / times["base_bf16_requires_grad"],
+    }
+    if "active_fp16" in times:
+        out["fp16"] = times["active_fp16"] / times["base_fp16"]
+    return out
+
+
+def _operations(
+    plain: torch.nn.Module,
+    packed: PiggybackModel,
+    cached: PiggybackModel,
+    x1: torch.Tensor,
+    xb: torch.Tensor,
+    names: list[str],
+) -> dict[str, Any]:
+    """Tensor operations dispatched by switches and by a mixed batch (fused, and per task)."""
+    packed.set_adapter("t0")
+    cached.set_adapter("t0")
+    ops = {
+        "plain_forward": _ops(lambda: plain(x1)),
+        "switch_packed": _ops(lambda: packed.set_adapter("t1")),
+        "switch_held": _ops(lambda: cached.set_adapter("t1")),
+        "masked_layers": len(list(cached.adapter_layers())),
+        "one_task_batch": _ops(lambda: cached(xb)),
+    }
+    _set_mode(cached, "fused")()
+    ops["mixed_batch"] = _ops(lambda: cached(xb, adapter_names=names))
+    if hasattr(getattr(cached, "serving", None), "mixed_mode"):
+        _set_mode(cached, "per_task")()
+        ops["mixed_batch_per_task"] = _ops(lambda: cached(xb, adapter_names=names))
+    _set_mode(cached, "auto")()
+    ops["mixed_over_one_task"] = ops["mixed_batch"] / ops["one_task_batch"]
+    return ops
 
 
 def _amp(
@@ -249,11 +325,12 @@ def _amp(
     x: torch.Tensor,
     names: list[str] | None,
     requires_grad: bool = False,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> Any:
     if requires_grad:
         model.requires_grad_(True)
     try:
-        with _bf16(device):
+        with _autocast(device, dtype):
             return model(x) if names is None else model(x, adapter_names=names)
     finally:
         if requires_grad:
@@ -327,7 +404,7 @@ def measure_memory(name: str, paths: list[Path], counts: list[int], device: str)
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """All multitask figures for every model; returns (and writes) the result dict."""
     device = args.device
-    batch = args.batch or (64 if device != "cpu" else 16)
+    batch = args.batch or (64 if device != "cpu" else 32)
     repeats, large = (3, 1) if args.quick else (args.repeats, args.large_repeats)
     counts = [] if args.no_memory else [1, 10] if args.quick else MEMORY_COUNTS
     results: dict[str, Any] = {
@@ -355,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--models", nargs="+", default=MODELS, help="timm model names")
-    parser.add_argument("--batch", type=int, help="large batch (default: 64 on CUDA, 16 on CPU)")
+    parser.add_argument("--batch", type=int, help="large batch (default: 64 on CUDA, 32 on CPU)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats at batch 1")
     parser.add_argument("--large-repeats", type=int, default=3, help="repeats at the large batch")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 1 and 10 tasks")

@@ -37,12 +37,18 @@ def _machine(data: dict[str, Any]) -> str:
     )
 
 
+def _ratio(s: dict[str, Any], key: str) -> str:
+    return f"{s[key]:.2f}x" if key in s else "-"
+
+
 def _multitask_rows(name: str, s: dict[str, Any], label: str) -> str:
     large = str(s["batch"])
     precision = s["precision"]
     return (
         f"| {name} | {label} | {s['switch_held_over_forward']:.2f}x | "
         f"{s['switch_packed_over_floor']:.2f}x | {s['mixed_over_one_task']:.2f}x | "
+        f"{_ratio(s, 'mixed_fused_over_one_task')} / "
+        f"{_ratio(s, 'mixed_per_task_over_one_task')} | "
         f"{precision['1']['fp32']:.2f}x / {precision[large]['fp32']:.2f}x | "
         f"{precision['1']['bf16']:.2f}x / {precision[large]['bf16']:.2f}x | "
         f"{precision['1']['bf16_vs_base_requires_grad']:.2f}x / "
@@ -81,13 +87,15 @@ def multitask_section(data: dict[str, Any]) -> list[str]:
         "batch-1 forward; *packed* is the same for a task that must be materialised, over a "
         "plain forward plus unpacking and multiplying every masked weight with plain operations "
         f"(the physical floor); *mixed* is a batch of {batch} over the 8 tasks over the same "
-        "batch on one task; *active ÷ base* at batch 1 / "
+        "batch on one task, in the device's default mode (on the CPU one pass per task) and in "
+        "each mode (`model.serving.mixed_mode`: one fused pass / one pass per task); "
+        "*active ÷ base* at batch 1 / "
         f"{batch}, bf16 under autocast (last column: the base's parameters with "
         "`requires_grad=True`).",
         "",
         "| model | code | held ÷ forward | packed ÷ floor | mixed ÷ one task | "
-        "active ÷ base fp32 | bf16 | bf16, base requires grad |",
-        "|---|---|---|---|---|---|---|---|",
+        "fused / per task | active ÷ base fp32 | bf16 | bf16, base requires grad |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, result in data["models"].items():
         if before and name in before["models"]:
@@ -112,11 +120,12 @@ def multitask_section(data: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "Tensor operations dispatched (counted with a `TorchDispatchMode`; what a GPU launches "
-        f"is about this), a switch and a mixed batch of {batch} over 8 tasks:",
+        f"is about this), a switch and a mixed batch of {batch} over 8 tasks (fused; one pass "
+        "per task in the last column):",
         "",
         "| model | code | masked layers | batch-1 forward | switch to a packed task | "
-        "switch to a held task | mixed batch ÷ one task |",
-        "|---|---|---|---|---|---|---|",
+        "switch to a held task | mixed batch ÷ one task | per task |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in data["models"].items():
         runs = [("before", before["models"][name]["speed"])] if before else []
@@ -126,7 +135,8 @@ def multitask_section(data: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {name} | {label} | {o['masked_layers']} | {o['plain_forward']} | "
                 f"{o['switch_packed']} | {o['switch_held']} | {o['mixed_batch']} ÷ "
-                f"{o['one_task_batch']} = {o['mixed_over_one_task']:.2f}x |"
+                f"{o['one_task_batch']} = {o['mixed_over_one_task']:.2f}x | "
+                f"{o.get('mixed_batch_per_task', '-')} |"
             )
     lines += [
         "",

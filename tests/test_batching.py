@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pb_adapters import KSMConfig, PackNetConfig, PiggybackConfig
+from pb_adapters.errors import ConfigError
 from pb_adapters.model import BASE_ADAPTER_NAME
 from tests.factories import (
     assert_mixed_close,
@@ -27,6 +28,8 @@ def _images(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def _mixed(model, x, names):
+    # The fused route on every device (by default the CPU runs one pass per task instead).
+    model.serving.mixed_mode = "fused"
     is_transformers = type(model.base_model).__module__.startswith("transformers")
     with torch.no_grad():
         if is_transformers:
@@ -177,3 +180,25 @@ def test_layers_with_their_own_forward_and_padding_modes(tmp_path):
     assert [layer.forward_kind for layer in model.serving.layers] == ["generic", "conv", "linear"]
     model.serving.budget_bytes = 4 * model.serving.task_bytes
     _check_against_per_task_runs(model, _images(len(ROUTE)), ROUTE)
+
+
+def test_mixed_mode_chooses_fused_or_per_task_passes(tmp_path):
+    model = frozen_tasks(tiny_timm, PiggybackConfig, NAMES, tmp_path, CLASSES)
+    serving = model.serving
+    assert serving.mixed_mode == "auto"
+    assert not serving.fuses_mixed(torch.device("cpu"))
+    assert serving.fuses_mixed(torch.device("cuda"))
+    with pytest.raises(ConfigError, match="mixed_mode"):
+        serving.mixed_mode = "grouped"
+    assert serving.mixed_mode == "auto"
+    serving.budget_bytes = 4 * serving.task_bytes
+    x, names = _images(len(ROUTE)), ROUTE
+    with torch.no_grad():
+        fused = _mixed(model, x, names)
+        serving.mixed_mode = "per_task"
+        per_task = model(x, adapter_names=names)
+        ops = count_ops(lambda: model(x, adapter_names=names)).total
+        single = count_ops(lambda: model(x)).total
+    assert_mixed_close(per_task, fused)
+    # One pass per task present (three tasks and the plain base), every task's weights held.
+    assert 3.5 * single <= ops <= 4.5 * single

@@ -7,7 +7,8 @@ all groups in one call with the tasks' stacked weights from the serving bank: a 
 batched matrix product. Per-task heads and norms do the same (or run group by group when of a
 kind without a grouped form). Outputs are put back in the original order, in the base model's
 own output type. Where that route cannot serve (labels given, gradients to trainable tasks, a
-bank the layers cannot share), each task's group runs on its own (:func:`grouped_forward`).
+bank the layers cannot share), or where the serving cache's ``mixed_mode`` says not to fuse (by
+default on the CPU), each task's group runs on its own (:func:`grouped_forward`).
 """
 
 from __future__ import annotations
@@ -401,13 +402,15 @@ def mixed_batch_forward(
     set_module: Callable[[str, nn.Module], None],
 ) -> Any:
     """``run(*args, **kwargs)`` with sample ``i`` computed by task ``names[i]`` (``None``: the
-    plain base), in one forward pass where possible, else one per task.
+    plain base), in one forward pass where possible and wanted
+    (:meth:`~pb_adapters.serving.ServingCache.fuses_mixed`), else one per task.
 
     ``modules_of(task)`` maps each swappable module path (heads, norms) to the task's module;
     ``get_module`` / ``set_module`` read and replace the module at a path.
     """
     tasks = list(dict.fromkeys(names))
-    if "labels" in kwargs or len(tasks) == 1:
+    device = next(v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)).device
+    if "labels" in kwargs or len(tasks) == 1 or not serving.fuses_mixed(device):
         return grouped_forward(names, args, kwargs, run_group)
     prepared = serving.prepare_mixed(tasks, allow_trainable=not torch.is_grad_enabled())
     if prepared is None:
@@ -423,7 +426,6 @@ def mixed_batch_forward(
         interleaved = 6 * linear <= 8 * convs
         size, gather, scatter = _layout(names, order, interleaved)
         route = _Route(len(order), size, interleaved, weights, serving)
-        device = next(v for v in (*args, *kwargs.values()) if isinstance(v, Tensor)).device
         gather_index = torch.tensor(gather, device=device)
         scatter_index = torch.tensor(scatter, device=device)
         per_task = [modules_of(task) for task in order]

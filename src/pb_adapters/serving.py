@@ -30,6 +30,8 @@ __all__ = ["ServingCache"]
 
 _EMPTY = object()  # an unused slot (``None`` names the plain base in mixed batches)
 _MEMO_SIZE = 32
+#: The values of :attr:`ServingCache.mixed_mode`.
+MIXED_MODES = ("auto", "fused", "per_task")
 
 
 class _Key:
@@ -163,11 +165,18 @@ class ServingCache:
     default) holds only the active task. The active task is always held, even when one task is
     larger than the budget. A mixed-task batch needs all of its tasks at once: with a smaller
     budget the bank grows for that call and shrinks back afterwards.
+
+    :attr:`mixed_mode` says how a mixed-task batch runs: ``"fused"`` computes every task in one
+    pass (one grouped convolution or batched matrix product per layer: few kernel launches, what
+    an accelerator needs), ``"per_task"`` runs one pass per task over its samples (on a CPU,
+    which is bound by arithmetic rather than launches, smaller batches of plain layers are
+    faster); ``"auto"`` (the default) fuses everywhere but on the CPU.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self._model = model
         self._budget: int | None = None
+        self._mixed_mode = "auto"
         self._layers: list[AdapterLayer] | None = None
         self._created = -1
         self.layer_index: dict[int, int] = {}
@@ -206,6 +215,23 @@ class ServingCache:
         self._budget = value
         if self._bank is not None and self._bank.slots > self._budget_slots(self._bank):
             self._resize(self._budget_slots(self._bank))
+
+    @property
+    def mixed_mode(self) -> str:
+        """How mixed-task batches run: ``"auto"``, ``"fused"`` or ``"per_task"`` (see above)."""
+        return self._mixed_mode
+
+    @mixed_mode.setter
+    def mixed_mode(self, value: str) -> None:
+        if value not in MIXED_MODES:
+            raise ConfigError(f"mixed_mode must be one of {MIXED_MODES}, got {value!r}")
+        self._mixed_mode = value
+
+    def fuses_mixed(self, device: torch.device) -> bool:
+        """Whether a mixed-task batch on ``device`` runs as one fused pass."""
+        if self._mixed_mode == "auto":
+            return device.type != "cpu"
+        return self._mixed_mode == "fused"
 
     @property
     def task_bytes(self) -> int:

@@ -65,9 +65,9 @@ def test_accuracy_and_training_sections(tmp_path: Path, monkeypatch: pytest.Monk
     assert "| 64 px x 32 | 1 | piggyback | 10 | 200.0 ms | 1.25x | 1.0 MiB | 1.00x |" in text
 
 
-def _multitask_speed(held: float, ops_mixed: int) -> dict:
+def _multitask_speed(held: float, ops_mixed: int, modes: bool) -> dict:
     precision = {"fp32": 1.01, "bf16": 1.02, "bf16_vs_base_requires_grad": 1.03}
-    return {
+    speed = {
         "batch": 16,
         "switch_held_over_forward": held,
         "switch_packed_over_floor": 1.05,
@@ -90,6 +90,10 @@ def _multitask_speed(held: float, ops_mixed: int) -> dict:
             "mixed_over_one_task": ops_mixed / 229,
         },
     }
+    if modes:  # code with a choice of mixed-batch modes
+        speed.update(mixed_fused_over_one_task=1.4, mixed_per_task_over_one_task=0.8)
+        speed["ops"]["mixed_batch_per_task"] = 4 * 229
+    return speed
 
 
 def test_multitask_section_shows_before_and_after(tmp_path, monkeypatch):
@@ -107,13 +111,15 @@ def test_multitask_section_shows_before_and_after(tmp_path, monkeypatch):
             "large_repeats": 3,
             "load_average_start": [6.5, 6, 6],
             "load_average_end": [7.5, 7, 7],
-            "models": {"resnet50": {"speed": _multitask_speed(held, ops), "memory": memory}},
+            "models": {
+                "resnet50": {"speed": _multitask_speed(held, ops, held < 1.1), "memory": memory}
+            },
         }
         (tmp_path / f"{name}.json").write_text(json.dumps(payload))
     text = report.render().read_text()
-    assert "| resnet50 | before | 1.25x | 1.05x | 1.20x |" in text
-    assert "| resnet50 | after | 1.01x | 1.05x | 1.20x |" in text
-    assert "| resnet50 | before | 53 | 229 | 5 | 0 | 2784 ÷ 229 = 12.16x |" in text
-    assert "| resnet50 | after | 53 | 229 | 5 | 0 | 335 ÷ 229 = 1.46x |" in text
+    assert "| resnet50 | before | 1.25x | 1.05x | 1.20x | - / - |" in text
+    assert "| resnet50 | after | 1.01x | 1.05x | 1.20x | 1.40x / 0.80x |" in text
+    assert "| resnet50 | before | 53 | 229 | 5 | 0 | 2784 ÷ 229 = 12.16x | - |" in text
+    assert "| resnet50 | after | 53 | 229 | 5 | 0 | 335 ÷ 229 = 1.46x | 916 |" in text
     assert "load average 6.5 at the start, 7.5 at the end" in text
     assert "| resnet50 | 1 | 1.0 MiB | 1.0 MiB | 0.5 MiB | 0.0 MiB | 2.0 MiB | 4.0 MiB |" in text
