@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pb_adapters.serving", "pb_adapters.batching"),  # many tasks on one base, over any method
     ("pb_adapters.mask_coding", "pb_adapters.serialization"),
     ("pb_adapters.card",),
+    ("pb_adapters.hub_errors",),  # Hub failures in words
     ("pb_adapters.hub",),
     ("pb_adapters.bases", "pb_adapters.demo_base", "pb_adapters.provenance"),
     ("pb_adapters.model",),

@@ -28,7 +28,6 @@ from pb_adapters import (
 )
 from pb_adapters.hub import (
     ARTIFACT_FILES,
-    _translate,
     download_adapter,
     is_local_reference,
     push_folder_to_hub,
@@ -36,6 +35,7 @@ from pb_adapters.hub import (
     validate_revision,
     validate_subfolder,
 )
+from pb_adapters.hub_errors import translate
 from pb_adapters.serialization import ARTIFACT_CONFIG_NAME, ARTIFACT_WEIGHTS_NAME
 from tests.factories import logits, tiny_timm
 from tests.hub_server import LocalHub
@@ -420,7 +420,7 @@ def test_connection_refused_is_a_network_error(
 
 def test_network_errors_of_the_installed_http_client(monkeypatch: pytest.MonkeyPatch) -> None:
     # huggingface_hub 1.x raises httpx's errors and 2.x httpx2's: neither may be assumed present
-    from pb_adapters.hub import _network_reason
+    from pb_adapters.hub_errors import _network_reason
 
     clients = [name for name in ("httpx", "httpx2") if importlib.util.find_spec(name)]
     assert clients, "huggingface_hub depends on httpx (1.x) or httpx2 (2.x)"
@@ -521,7 +521,7 @@ def test_server_errors_name_the_direction(
     from huggingface_hub.errors import HfHubHTTPError
 
     response = httpx2.Response(status, request=httpx2.Request("POST", "http://hub.invalid/api"))
-    err = _translate(
+    err = translate(
         HfHubHTTPError(f"{status} error", response=response), repo_id="me/x", direction=direction
     )
     assert type(err) is expected and str(err).startswith(message)

@@ -33,7 +33,8 @@ from torch import nn
 
 from .base_registry import get_base, is_registered_base
 from .errors import HubError, PbAdaptersError
-from .hub import hub_failure, is_local_reference
+from .hub import is_local_reference
+from .hub_errors import hub_failure
 from .provenance import mark_pretrained, own_claim, pretrained_source, recorded_name
 from .targeting import model_family
 from .utils.names import TIMM_HUB_PREFIXES, split_revision

@@ -23,10 +23,11 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath
-from typing import Any, Literal
+from typing import Any
 
 from .card import CARD_NAME, HUB_CONFIG_NAME, PLOT_NAME, render_card_files
-from .errors import ArtifactError, HubConnectionError, HubError, PbAdaptersError
+from .errors import ArtifactError, HubError, PbAdaptersError
+from .hub_errors import hub_failure, hub_offline, list_repo_level, translate
 from .serialization import (
     ARTIFACT_CONFIG_NAME,
     ARTIFACT_WEIGHTS_NAME,
@@ -183,263 +184,6 @@ def is_local_reference(reference: str | os.PathLike[str]) -> bool:
     )
 
 
-# ---------------------------------------------------------------------------- error translation
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _has_token(token: str | bool | None) -> bool:
-    """Whether a request made with ``token`` carries one (explicit, HF_TOKEN or saved login)."""
-    if isinstance(token, str):
-        return bool(token)
-    if token is False:
-        return False
-    from huggingface_hub import get_token
-
-    return get_token() is not None
-
-
-def _transport_errors() -> tuple[tuple[type[BaseException], ...], ...]:
-    """``(timeouts, connection failures, other transport errors)`` of the HTTP clients present.
-
-    huggingface_hub 1.x talks through ``httpx`` and 2.x through ``httpx2``; either may be absent,
-    so each is imported only if installed (neither is a dependency of this package itself).
-    """
-    import importlib
-
-    timeouts: list[type[BaseException]] = []
-    connects: list[type[BaseException]] = []
-    transports: list[type[BaseException]] = []
-    for name in ("httpx", "httpx2"):
-        try:
-            client = importlib.import_module(name)
-        except ImportError:
-            continue
-        timeouts.append(client.TimeoutException)
-        connects += [client.ConnectError, client.NetworkError]
-        transports.append(client.TransportError)
-    return tuple(timeouts), tuple(connects), tuple(transports)
-
-
-def _network_reason(err: BaseException) -> str | None:
-    """A short reason if ``err`` (or an exception it chains) is a network failure."""
-    timeouts, connects, transports = _transport_errors()
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, timeouts):
-            return "the connection timed out"
-        if isinstance(current, connects):
-            return "the connection failed"
-        if isinstance(current, transports):
-            return f"network error ({type(current).__name__})"
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _list_level(repo_id: str, revision: str | None, subfolder: str | None, token: Any) -> str:
-    """Best effort: what exists at ``subfolder`` of the repo (or its root), for error messages."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import RemoteEntryNotFoundError
-    from huggingface_hub.hf_api import RepoFolder
-
-    def names(path: str | None) -> list[str]:
-        entries = HfApi().list_repo_tree(repo_id, path_in_repo=path, revision=revision, token=token)
-        return sorted(
-            PurePath(e.path).name + ("/" if isinstance(e, RepoFolder) else "")
-            for e in entries
-            if not PurePath(e.path).name.startswith(".")  # .gitattributes is noise here
-        )
-
-    prefix = ""
-    try:
-        try:
-            found = names(subfolder)
-        except RemoteEntryNotFoundError:
-            if not subfolder:
-                return ""
-            prefix, found = f"there is no folder {subfolder}; at the top level: ", names(None)
-    except Exception:  # only decorates an error message: never let it mask the real one
-        return ""
-    if not found:
-        return f" ({prefix}nothing)" if prefix else " (that folder is empty)"
-    shown = ", ".join(found[:_MAX_LISTED]) + (", ..." if len(found) > _MAX_LISTED else "")
-    return f" ({prefix or 'found: '}{shown})"
-
-
-def _translate(
-    err: BaseException,
-    *,
-    repo_id: str,
-    revision: str | None = None,
-    filename: str | None = None,
-    subfolder: str | None = None,
-    token: Any = None,
-    local_files_only: bool = False,
-    direction: Literal["download", "upload"] = "download",
-) -> HubError:
-    """Turn an exception raised by ``huggingface_hub`` into a short, actionable HubError.
-
-    ``direction`` says what was being done, so that a failed upload speaks of uploading, not of
-    downloads and the cache. Network and server failures give a :class:`HubConnectionError`.
-    """
-    from huggingface_hub.errors import (
-        DisabledRepoError,
-        FileMetadataError,
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    writing = direction == "upload"
-    where = repo_id + (f" (revision {revision})" if revision else "")
-    login = "pass token=... or run `hf auth login`"
-    status = getattr(getattr(err, "response", None), "status_code", None)
-
-    if isinstance(err, PbAdaptersError):
-        return HubError(str(err))
-    if isinstance(err, GatedRepoError):
-        return HubError(
-            f"{repo_id} is gated: request access on its Hub page, then {login} with an account "
-            "that was granted access"
-        )
-    if isinstance(err, DisabledRepoError):
-        done = "written to" if writing else "downloaded"
-        return HubError(f"{repo_id} has been disabled on the Hub and cannot be {done}")
-    if isinstance(err, RepositoryNotFoundError):
-        if writing:
-            return HubError(
-                f"cannot write to {repo_id}: it does not exist or your token cannot see it"
-            )
-        return HubError(
-            f"repository {repo_id} not found on {_endpoint()}: check the name; if it is private, "
-            f"{login}"
-        )
-    if isinstance(err, RevisionNotFoundError):
-        return HubError(
-            f"revision {revision!r} not found in {repo_id}: check the branch, tag or commit"
-        )
-    if isinstance(err, RemoteEntryNotFoundError):
-        path = f"{subfolder}/{filename}" if subfolder else filename
-        listing = _list_level(repo_id, revision, subfolder, token)
-        return HubError(
-            f"{where} has no {path}: is this a pb-adapters artifact (or the wrong subfolder)?"
-            f"{listing}"
-        )
-    if isinstance(err, HfHubHTTPError) and status == 401:
-        if not _has_token(token):
-            need = "a write token" if writing else "a token"
-            return HubError(
-                f"the Hub requires authentication (401) for {repo_id}: {login} ({need})"
-            )
-        return HubError(f"the Hub rejected the token (401): it is invalid or expired; {login}")
-    if isinstance(err, HfHubHTTPError) and status == 403:
-        if writing:
-            return HubError(
-                f"permission denied (403): your token cannot write to {repo_id}; use a token with "
-                "write access to that namespace"
-            )
-        return HubError(f"permission denied (403) for {repo_id}: your token cannot read it")
-    if isinstance(err, HFValidationError):
-        return HubError(f"invalid Hub argument: {err}")
-    if writing and isinstance(err, OfflineModeIsEnabled):
-        return HubError(
-            f"cannot upload to {where}: uploads need the Hub and HF_HUB_OFFLINE=1 turns it off; "
-            "unset HF_HUB_OFFLINE to push"
-        )
-    if isinstance(err, OfflineModeIsEnabled) or (
-        isinstance(err, LocalEntryNotFoundError) and (local_files_only or _offline())
-    ):
-        switch = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"
-        what = f"{filename} of {where}" if filename else where
-        return HubError(
-            f"{what} is not in the local Hub cache and downloads are disabled ({switch}): "
-            "download it once online, or unset HF_HUB_OFFLINE / local_files_only"
-        )
-    reason = _network_reason(err)
-    if reason is not None and writing:
-        return HubConnectionError(
-            f"could not reach the Hub at {_endpoint()} ({reason}) to upload to {where}: check "
-            "your connection, proxy or HF_ENDPOINT, then push again"
-        )
-    if reason is not None:
-        return HubConnectionError(
-            f"could not reach the Hub at {_endpoint()} ({reason}) and {where} is not cached: check "
-            "your connection, proxy or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the cache"
-        )
-    if isinstance(err, FileMetadataError) or (
-        isinstance(err, LocalEntryNotFoundError) and isinstance(err.__cause__, FileMetadataError)
-    ):
-        return HubError(
-            f"the server at {_endpoint()} did not answer like a Hugging Face Hub: check HF_ENDPOINT"
-        )
-    if isinstance(err, LocalEntryNotFoundError):
-        return HubConnectionError(
-            f"could not download {where} and it is not in the local cache: check your connection "
-            "and try again"
-        )
-    action = f"the upload to {repo_id}" if writing else f"the download of {repo_id}"
-    if isinstance(err, HfHubHTTPError):
-        code = f" ({status})" if status else ""
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        failed = HubConnectionError if isinstance(status, int) and status >= 500 else HubError
-        return failed(f"{action} failed{code}: {first}")
-    return HubError(f"{action} failed: {type(err).__name__}: {err}")
-
-
-def hub_failure(
-    err: BaseException, *, repo_id: str, revision: str | None = None, token: Any = None
-) -> HubError | None:
-    """A short :class:`HubError` if ``err`` (or an exception it chains) is a Hub access problem.
-
-    For code that calls another library's Hub download (timm, transformers) and must tell a
-    missing, private or gated repository, an unknown revision, offline mode or a network failure
-    from any other error; ``None`` for the other errors.
-    """
-    from huggingface_hub.errors import (
-        DisabledRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    access = (
-        DisabledRepoError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-        OfflineModeIsEnabled,
-        LocalEntryNotFoundError,
-    )
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        status = getattr(getattr(current, "response", None), "status_code", None)
-        specific = isinstance(current, access) or (
-            isinstance(current, HfHubHTTPError) and status in (401, 403)
-        )
-        if specific or _network_reason(current) is not None:
-            return _translate(current, repo_id=repo_id, revision=revision, token=token)
-        current = current.__cause__ or current.__context__
-    return None
-
-
 # ---------------------------------------------------------------------------- downloading
 def _local_folder(reference: str | os.PathLike[str], subfolder: str | None) -> Path:
     folder = Path(reference).expanduser()
@@ -536,7 +280,7 @@ def resolve_adapter_folder(
         "local_files_only": local_files_only,
         "token": token,
     }
-    online = not (local_files_only or _offline())
+    online = not (local_files_only or hub_offline())
     prefix = f"{sub}/" if sub else ""
     current = ARTIFACT_CONFIG_NAME
     try:
@@ -561,7 +305,7 @@ def resolve_adapter_folder(
     except PbAdaptersError:
         raise
     except Exception as err:
-        raise _translate(
+        raise translate(
             err,
             repo_id=repo_id,
             revision=rev,
@@ -646,7 +390,7 @@ def download_adapter(
     api = HfApi(token=token)
     try:
         pinned = rev
-        if not (local_files_only or _offline()):
+        if not (local_files_only or hub_offline()):
             pinned = _check_remote_sizes(api, repo_id, names, sub, rev, cache_dir)
         root = api.snapshot_download(
             repo_id,
@@ -660,7 +404,7 @@ def download_adapter(
     except PbAdaptersError:
         raise
     except Exception as err:
-        raise _translate(
+        raise translate(
             err,
             repo_id=repo_id,
             revision=rev,
@@ -671,7 +415,9 @@ def download_adapter(
         ) from err
     folder = Path(root) / sub if sub else Path(root)
     if not (folder / ARTIFACT_CONFIG_NAME).is_file():
-        listing = "" if local_files_only or _offline() else _list_level(repo_id, rev, sub, token)
+        listing = (
+            "" if local_files_only or hub_offline() else list_repo_level(repo_id, rev, sub, token)
+        )
         path = prefix + ARTIFACT_CONFIG_NAME
         raise HubError(
             f"{repo_id} has no {path}: is this a pb-adapters artifact (or the wrong subfolder)?"
@@ -791,7 +537,7 @@ def push_folder_to_hub(
         except PbAdaptersError:
             raise
         except Exception as err:
-            raise _translate(
+            raise translate(
                 err, repo_id=repo_id, revision=rev, token=token, direction="upload"
             ) from err
     return info  # type: ignore[return-value]  # CommitInfo is a str (the commit url)
