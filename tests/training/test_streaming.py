@@ -243,3 +243,27 @@ def test_two_processes_read_disjoint_shards(parquet_dir: Path, tmp_path: Path) -
     assert not set(seen[0]) & set(seen[1])
     m0, m1 = (load_file(tmp_path / f"rank-{r}.safetensors") for r in (0, 1))
     assert m0.keys() == m1.keys() and all(torch.equal(m0[k], m1[k]) for k in m0)
+
+
+def test_a_tampered_stream_position_is_refused_and_the_run_falls_back(
+    parquet_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result, masks = _train(parquet_dir, tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    kept = sorted((tmp_path / "resumed" / "checkpoints").glob("step-*"))
+    for later in kept[4:]:
+        shutil.rmtree(later)
+    # Valid JSON with a moved position: only the checkpoint's manifest can tell.
+    state_file = kept[3] / "stream_state_0.json"
+    state = json.loads(state_file.read_text())
+    state["next_reader"] = int(state["next_reader"]) + 1
+    state_file.write_text(json.dumps(state) + "\n")
+    capsys.readouterr()
+    again, masks_again = _train(parquet_dir, tmp_path / "resumed", resume_from_checkpoint="latest")
+    out = capsys.readouterr().out
+    assert "skipped unusable checkpoint" in out and "does not match its recorded hash" in out
+    assert f"falling back to the previous complete checkpoint, {kept[2]}" in out
+    for path, (mask, scores) in masks.items():
+        assert torch.equal(mask, masks_again[path][0]), path
+        assert torch.equal(scores, masks_again[path][1]), path
+    assert again.test == result.test

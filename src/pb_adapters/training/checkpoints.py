@@ -235,6 +235,7 @@ class Checkpoint:
     run_state: RunState
     training: TrainingState
     rng: dict[str, Any]
+    reader: CheckpointReader  # the folder's other files, checked against its manifest
 
     def apply(self) -> RunState:
         """Load model, optimiser, schedule and random states; return the run state."""
@@ -287,7 +288,7 @@ def read_checkpoint(
             f"{run_state.global_step}; the files come from different checkpoints"
         )
     rng = read_rng_state(reader, process_index)
-    return Checkpoint(folder, run_state, training, rng)
+    return Checkpoint(folder, run_state, training, rng, reader)
 
 
 def first_usable_checkpoint(
@@ -297,10 +298,10 @@ def first_usable_checkpoint(
     model: nn.Module,
     optimizer: Any,
     scheduler: Any,
-    also: Callable[[Path], None] | None = None,
+    also: Callable[[Checkpoint], None] | None = None,
 ) -> Checkpoint:
     """The first of ``candidates`` that every process could read and check
-    (:func:`read_checkpoint`, then ``also(folder)``, which raises
+    (:func:`read_checkpoint`, then ``also(checkpoint)``, which raises
     :class:`~pb_adapters.training.errors.CheckpointError` for a folder it cannot use), not
     applied yet.
 
@@ -325,7 +326,7 @@ def first_usable_checkpoint(
                 sharded=uses_fsdp(acc),
             )
             if also is not None:
-                also(folder)
+                also(found)
         except CheckpointError as err:
             found = None
             problems.append(f"{folder.name}: {err}")

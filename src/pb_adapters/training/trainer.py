@@ -80,6 +80,7 @@ from pb_adapters.training.data.stream_loader import (
     StreamLoader,
     evaluate_stream,
     stream_batches_per_epoch,
+    stream_state_file,
 )
 from pb_adapters.training.data.streaming import is_streamed
 from pb_adapters.training.determinism import deterministic
@@ -494,15 +495,24 @@ class PiggybackTrainer:
         run.bar.close()
         return self._finish(run, start)
 
-    def _check_stream_position(self, folder: Path) -> None:
+    def _check_stream_position(self, checkpoint: Checkpoint) -> None:
         """A streamed run continues where the checkpoint left its stream (each process reads
-        its own position; a position that does not fit makes the checkpoint unusable)."""
+        its own position, checked against the checkpoint's manifest like its other files; a
+        position that does not fit makes the checkpoint unusable)."""
         if self._stream is None:
             return
+        name = stream_state_file(checkpoint.folder, self.accelerator.process_index).name
+        if not checkpoint.reader.has(name):
+            raise CheckpointError(
+                f"{checkpoint.folder} holds no stream position for process "
+                f"{self.accelerator.process_index} ({name}); it was not written by a streamed "
+                "run with this many processes"
+            )
+        saved = checkpoint.reader.json(name, "stream position")
         try:
-            self._stream.load_state(folder, self.accelerator.process_index)
+            self._stream.restore_state(saved, checkpoint.folder / name)
         except (DataError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{folder}: {err}") from err
+            raise CheckpointError(f"{checkpoint.folder}: {err}") from err
 
     def _resumed(self, checkpoint: Checkpoint) -> None:
         """Take the loaded checkpoint's counters on, and say where the run stands."""

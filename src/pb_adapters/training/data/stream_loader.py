@@ -144,7 +144,12 @@ class StreamLoader:
                 f"{folder} holds no stream position for process {process_index} ({path.name}); "
                 "it was not written by a streamed run with this many processes"
             )
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        self.restore_state(json.loads(path.read_text(encoding="utf-8")), path)
+
+    def restore_state(self, saved: Any, path: Path) -> None:
+        """Continue from ``saved``, a position :meth:`save_state` wrote (read from ``path``)."""
+        if not isinstance(saved, dict):
+            raise DataError(f"{path}: a stream position is a JSON object")
         if saved.get("format") != STREAM_STATE_FORMAT:
             raise DataError(f"{path}: unknown stream state format {saved.get('format')!r}")
         for key in ("world_size", "num_workers", "batch_size"):
