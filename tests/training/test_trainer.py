@@ -242,3 +242,30 @@ def test_deterministic_argument_covers_the_run_and_is_undone(
     trainer.train()
     assert seen == [flag]
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+@pytest.mark.parametrize("main", [True, False], ids=["main process", "other process"])
+def test_every_process_stops_when_the_output_folder_cannot_be_written(tmp_path, main):
+    from types import SimpleNamespace
+
+    from pb_adapters.training.errors import OutputError
+    from pb_adapters.training.run_state import RunState
+
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    gathered = []
+
+    def gather(flag: torch.Tensor) -> torch.Tensor:
+        gathered.append(int(flag.item()))
+        # what every process hears: the main process (rank 0) failed, the other did not
+        return torch.tensor([1, 0]) if not main else torch.cat([flag, torch.tensor([0])])
+
+    acc = SimpleNamespace(is_main_process=main, device=torch.device("cpu"), gather=gather)
+    trainer = SimpleNamespace(
+        accelerator=acc, output_dir=a_file, args=SimpleNamespace(metrics_file="metrics.jsonl")
+    )
+    message = "cannot write to the output folder" if main else "the main process cannot write"
+    with pytest.raises(OutputError, match=message):
+        PiggybackTrainer._init_outputs(trainer, RunState())
+    assert gathered == [1 if main else 0]  # each process told the others its own verdict
+    assert a_file.read_text() == "not a folder"

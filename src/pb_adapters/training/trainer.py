@@ -526,17 +526,30 @@ class PiggybackTrainer:
         )
 
     def _init_outputs(self, state: RunState) -> None:
-        """Create the output folder; the metrics file holds exactly ``state``'s history."""
-        if not self.accelerator.is_main_process:
-            return
-        text = "".join(json.dumps(r) + "\n" for r in state.history)
-        try:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.output_dir / self.args.metrics_file, text.encode())
-        except OSError as err:
+        """Create the output folder; the metrics file holds exactly ``state``'s history.
+
+        The main process writes; every process learns whether it could, so that all of them
+        stop together instead of the others waiting for it at the next collective call.
+        """
+        acc = self.accelerator
+        problem: OSError | None = None
+        if acc.is_main_process:
+            text = "".join(json.dumps(r) + "\n" for r in state.history)
+            try:
+                self.output_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(self.output_dir / self.args.metrics_file, text.encode())
+            except OSError as err:
+                problem = err
+        failed = acc.gather(torch.tensor([int(problem is not None)], device=acc.device))
+        if problem is not None:
             raise OutputError(
-                f"cannot write to the output folder {self.output_dir}: {err}"
-            ) from err
+                f"cannot write to the output folder {self.output_dir}: {problem}"
+            ) from problem
+        if bool(failed.any()):
+            raise OutputError(
+                f"the main process cannot write to the output folder {self.output_dir} (its "
+                "error says why)"
+            )
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader | None:
         if dataset is None:
