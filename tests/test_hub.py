@@ -517,10 +517,12 @@ def test_push_failures_speak_of_uploads(
 def test_server_errors_name_the_direction(
     status: int, direction: str, expected: type, message: str
 ) -> None:
-    import httpx2
+    import huggingface_hub.utils._http as hf_http
     from huggingface_hub.errors import HfHubHTTPError
 
-    response = httpx2.Response(status, request=httpx2.Request("POST", "http://hub.invalid/api"))
+    # the response type of the installed huggingface_hub's client: httpx2 (2.x) or httpx (1.x)
+    client = getattr(hf_http, "httpx2", None) or hf_http.httpx
+    response = client.Response(status, request=client.Request("POST", "http://hub.invalid/api"))
     err = translate(
         HfHubHTTPError(f"{status} error", response=response), repo_id="me/x", direction=direction
     )

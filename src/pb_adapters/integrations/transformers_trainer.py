@@ -105,6 +105,8 @@ class PiggybackHFTrainer(Trainer):
         target = self.model if model is None else model
         if self.optimizer is None and isinstance(target, PiggybackModel):
             self.optimizer = create_optimizer(target, self.args)
+        if model is None:  # Trainer.create_optimizer takes a model from transformers 5.3 on
+            return super().create_optimizer()
         return super().create_optimizer(model)
 
 
