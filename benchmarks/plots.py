@@ -31,7 +31,7 @@ def accuracy_plot(data: dict[str, Any], folder: Path) -> Path:
     """Test top-1 against bytes stored per task (log scale), one panel per task, mean ± sd."""
     rows = [r for r in data["rows"] if "weights_bytes" in r]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    figure = _figure(5.2 * len(tasks), 3.8)
+    figure = _figure(5.2 * len(tasks) + 1.6, 3.8)
     for index, task in enumerate(tasks):
         axes = figure.add_subplot(1, len(tasks), index + 1)
         for r in (r for r in rows if r["task"] == task):
@@ -45,7 +45,7 @@ def accuracy_plot(data: dict[str, Any], folder: Path) -> Path:
         axes.set_ylabel("test top-1 (%)")
         axes.set_title(f"{task} ({rows[0]['seeds']} seeds, mean ± sd)")
         axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize=7)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
     return _save(figure, folder, "accuracy.png")
 
 

@@ -11,12 +11,13 @@ python -m benchmarks.recipes [--quick]
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from benchmarks.accuracy import BUDGETS, Variant, summarize, task_sources, train_once
-from benchmarks.common import write_result
+from benchmarks.common import RESULTS_DIR, write_result
 
 RESULT_NAME = "recipes-cpu"
 
@@ -25,12 +26,21 @@ RESULT_NAME = "recipes-cpu"
 GRID: list[tuple[Variant, tuple[str, ...], int]] = [
     *[
         (Variant(f"piggyback lr {lr}", "piggyback", ("--mask-lr", lr)), ("mnist-5k",), 2)
-        for lr in ("1e-4", "3e-4", "5e-4")
+        for lr in ("1e-4", "2e-4", "3e-4", "5e-4")
+    ],
+    *[
+        (Variant(f"piggyback lr {lr} init {init}", "piggyback", ("--mask-lr", lr, "--mask-init", init)), ("mnist-5k",), 2)
+        for lr, init in (("3e-4", "2e-2"), ("1e-3", "5e-2"))
     ],
     (
         Variant("piggyback lr 3e-4 ternary", "piggyback", ("--mask-lr", "3e-4", "--mask-type", "ternary")),
         ("mnist-5k",),
         1,
+    ),
+    (
+        Variant("piggyback lr 3e-4 no depthwise", "piggyback", ("--mask-lr", "3e-4", "--exclude-modules", ".*conv_dw")),
+        ("mnist-5k",),
+        2,
     ),
     *[
         (Variant(f"ksm lr {lr}", "ksm", ("--mask-lr", lr)), ("mnist-5k",), 1)
@@ -69,9 +79,19 @@ def run(quick: bool = False, only: list[str] | None = None) -> dict[str, Any]:
                         flush=True,
                     )
                 rows.append(summarize(task, variant, runs, backbone_weights=1))
-    payload = {"budget": budget, "quick": quick, "rows": rows}
+    payload = {"budget": budget, "quick": quick, "rows": _merged(rows, quick) if only else rows}
     write_result(RESULT_NAME + ("-quick" if quick else ""), payload)
     return payload
+
+
+def _merged(rows: list[dict[str, Any]], quick: bool) -> list[dict[str, Any]]:
+    """``rows`` over those of the existing result file (a run of some candidates only)."""
+    path = RESULTS_DIR / f"{RESULT_NAME}{'-quick' if quick else ''}.json"
+    old = json.loads(path.read_text())["rows"] if path.is_file() else []
+    new = {(r["method"], r["task"]) for r in rows}
+    order = [v.name for v, _, _ in GRID]
+    merged = [r for r in old if (r["method"], r["task"]) not in new] + rows
+    return sorted(merged, key=lambda r: order.index(r["method"]) if r["method"] in order else 99)
 
 
 def main(argv: list[str] | None = None) -> int:

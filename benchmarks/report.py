@@ -145,6 +145,14 @@ def _zeros(row: dict[str, Any]) -> str:
     return f"{100 * zeros['mean']:.2f}%" if zeros else "-"
 
 
+def _ratios(ratios: dict[str, float]) -> str:
+    return ", ".join(f"{ratio:.0%} on {task}" for task, ratio in ratios.items()) or "-"
+
+
+def _recipes(recipes: dict[str, list[str]]) -> str:
+    return "; ".join(f"{m}: `{' '.join(args)}`" for m, args in recipes.items()) or "none"
+
+
 def _accuracy_row(r: dict[str, Any]) -> str:
     ratio = r.get("step_time_ratio")
     bits = r.get("bits_per_backbone_weight")
@@ -179,8 +187,12 @@ def accuracy_section(data: dict[str, Any]) -> list[str]:
         "measured side by side. *zeros* is the fraction of mask entries switched off (PackNet: "
         "the fraction pruned). LoRA adapts every non-depthwise convolution (alpha = 2 x rank, "
         "lr 1e-3) and keeps the norm layers frozen, as the masks do. PackNet prunes "
-        f"{data.get('packnet_prune_ratio')} per task (chosen on validation, "
-        "`python -m benchmarks.recipes`).",
+        f"{_ratios(data.get('packnet_prune_ratio') or {})} of each layer (chosen on validation, "
+        "`python -m benchmarks.recipes`). The adapter rows use the options chosen there "
+        f"({_recipes(data.get('recipes') or {})}); *piggyback (official lr)* is the official "
+        "mask learning rate 1e-4 with everything masked. On a CPU the weight gradient of the "
+        "depthwise convolutions is a large part of a step, so rows that do not train through "
+        "them (head, LoRA, piggyback's recipe) step faster; on a GPU the ratios may differ (not measured here).",
         "",
         _machine(data),
         "",

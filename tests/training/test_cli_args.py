@@ -20,8 +20,10 @@ from pb_adapters.registry import available_methods, get_method
 from pb_adapters.serialization import read_adapter_config
 from pb_adapters.training.cli import (
     DEMO_DEFAULTS,
+    TrainOptionError,
     adapter_config_from_args,
     build_train_parser,
+    check_train_options,
     create_backbone,
     load_config_file,
     parse_train_args,
@@ -226,6 +228,17 @@ def test_adapter_config_follows_the_method_and_its_options() -> None:
     ns.weight_lr = 0.02
     config = adapter_config_from_args(ns, {0: "a"})
     assert (config.epochs, config.weight_lr) == (3, 0.02)  # --epochs serves packnet's field
+
+
+def test_exclude_modules_leaves_the_matching_layers_unmasked() -> None:
+    parser = build_train_parser()
+    config = adapter_config_from_args(parser.parse_args([]), {0: "a"})
+    assert config.exclude_modules is None
+    ns = parser.parse_args(["--method", "ksm", "--exclude-modules", ".*conv_dw"])
+    assert adapter_config_from_args(ns, {0: "a"}).exclude_modules == ".*conv_dw"
+    ns = parser.parse_args(["--method", "head", "--exclude-modules", ".*conv_dw"])
+    with pytest.raises(TrainOptionError, match="--exclude-modules applies to adapter methods"):
+        check_train_options(ns)
 
 
 @pytest.mark.parametrize(

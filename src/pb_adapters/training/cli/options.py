@@ -163,6 +163,8 @@ def adapter_config_from_args(
     spec = get_method(ns.method)
     demo = is_demo(ns) if demo is None else demo
     kwargs: dict[str, Any] = {"id2label": dict(id2label), "train_norms": ns.train_norms}
+    if getattr(ns, "exclude_modules", None):
+        kwargs["exclude_modules"] = ns.exclude_modules
     for name in spec.cli_options:
         value = getattr(ns, name, None)
         if value is None and demo:
