@@ -44,6 +44,8 @@ BUDGETS: dict[bool, dict[str, int]] = {
     True: {"epochs": 1, "max_train": 64, "max_eval": 64, "image_size": 32},
 }
 BATCH_SIZE = 32
+#: The demo's own budget (``python examples/train.py``): every digit, 64 px, 5 epochs, seed 0.
+DEMO_BUDGET: dict[str, int] = {"epochs": 5, "max_train": 3500, "max_eval": 1000, "image_size": 64}
 
 
 @dataclass(frozen=True)
@@ -278,13 +280,29 @@ def run(quick: bool = False, seeds: int = 3, only: list[str] | None = None) -> d
     return payload
 
 
+def lora_at_demo_budget(rank: int = 4) -> dict[str, Any]:
+    """LoRA of ``rank`` with the demo's data, split and budget, to compare with the demo's
+    methods; writes ``lora-demo-cpu.json``."""
+    with tempfile.TemporaryDirectory(prefix="pb-bench-lora-demo-") as tmp:
+        summary = train_lora(rank, None, 0, DEMO_BUDGET, Path(tmp))
+    payload = {"budget": {**DEMO_BUDGET, "batch_size": BATCH_SIZE, "seed": 0}, "run": summary}
+    write_result("lora-demo-cpu", payload)
+    return payload
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m benchmarks.accuracy [--quick] [--seeds N] [--only NAME...]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tiny budget, a smoke test")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", nargs="+", help="only these rows (names as in the table)")
+    parser.add_argument(
+        "--lora-demo", type=int, metavar="RANK", help="instead: one LoRA run at the demo budget"
+    )
     args = parser.parse_args(argv)
+    if args.lora_demo:
+        lora_at_demo_budget(args.lora_demo)
+        return 0
     run(quick=args.quick, seeds=args.seeds, only=args.only)
     return 0
 

@@ -236,6 +236,24 @@ def recipes_section(data: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def lora_demo_section(data: dict[str, Any]) -> list[str]:
+    """Line for ``lora-demo-cpu.json``: PEFT LoRA with the demo's data and budget."""
+    b, r = data["budget"], data["run"]
+    return [
+        "### LoRA at the demo's budget",
+        "",
+        "`python -m benchmarks.accuracy --lora-demo 4`: the demo's split (3,500 / 500 / 1,000 "
+        f"digits), {b['image_size']} px, {b['epochs']} epochs, batch {b['batch_size']}, seed "
+        f"{b['seed']}: {r['method']} reached {100 * r['test_accuracy']:.1f}% test top-1 (best "
+        f"validation {100 * r['validation_accuracy']:.1f}%, epoch {r['best_epoch']}) with a "
+        f"{r['weights_bytes']:,}-byte adapter. Compare the demo's methods in the README and "
+        "the method pages (same split, seed and budget).",
+        "",
+        _machine(data),
+        "",
+    ]
+
+
 def training_section(data: dict[str, Any]) -> list[str]:
     """Tables for ``training-cpu.json``: each method's step time and peak memory vs fine-tuning."""
     lines = [
@@ -340,6 +358,7 @@ def storage_section(data: dict[str, Any]) -> list[str]:
 
 SECTIONS = {
     "accuracy-cpu": accuracy_section,
+    "lora-demo-cpu": lora_demo_section,
     "recipes-cpu": recipes_section,
     "training-cpu": training_section,
     "multitask-cpu": multitask_section,

@@ -87,3 +87,15 @@ def test_recipes_section_lists_validation_and_test() -> None:
         "| piggyback lr 3e-4 | mnist-5k | 2 | 91.0% ± 1.0 | 90.0% ± 0.0 | 1.00% | 70,000 |" in text
     )
     assert "| packnet prune 0.5 | mnist-5k | 1 | - | 80.0% ± 0.0 | 50.00% | - |" in text
+
+
+def test_lora_demo_section_reports_the_run() -> None:
+    data = {
+        "machine": MACHINE,
+        "budget": {"epochs": 5, "image_size": 64, "batch_size": 32, "seed": 0},
+        "run": {"method": "lora r=4", "test_accuracy": 0.974, "validation_accuracy": 0.98,
+                "best_epoch": 4, "weights_bytes": 424704},
+    }  # fmt: skip
+    text = "\n".join(report.lora_demo_section(data))
+    assert "lora r=4 reached 97.4% test top-1 (best validation 98.0%, epoch 4)" in text
+    assert "a 424,704-byte adapter" in text

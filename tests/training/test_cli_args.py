@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 import pytest
 import torch
 
-from pb_adapters import PiggybackConfig
+from pb_adapters import KSMConfig, PiggybackConfig
 from pb_adapters.config import AdapterConfig
 from pb_adapters.errors import ConfigError
 from pb_adapters.registry import available_methods, get_method
@@ -232,8 +232,16 @@ def test_adapter_config_follows_the_method_and_its_options() -> None:
 
 def test_exclude_modules_leaves_the_matching_layers_unmasked() -> None:
     parser = build_train_parser()
-    config = adapter_config_from_args(parser.parse_args([]), {0: "a"})
-    assert config.exclude_modules is None
+    config = adapter_config_from_args(parser.parse_args(["--model", "m"]), {0: "a"})
+    assert (config.exclude_modules, config.mask_lr) == (None, PiggybackConfig().mask_lr)
+    demo = adapter_config_from_args(parser.parse_args([]), {0: "a"})  # the demo's recipe
+    assert (demo.exclude_modules, demo.mask_lr) == (".*conv_dw", 3e-4)
+    ns = parser.parse_args(["--mask-lr", "1e-4", "--exclude-modules", "blocks"])
+    assert adapter_config_from_args(ns, {0: "a"}).exclude_modules == "blocks"
+    ns = parser.parse_args(["--exclude-modules", ""])  # the demo with every layer masked
+    assert adapter_config_from_args(ns, {0: "a"}).exclude_modules is None
+    ksm = adapter_config_from_args(parser.parse_args(["--method", "ksm"]), {0: "a"})
+    assert (ksm.exclude_modules, ksm.mask_lr) == (None, KSMConfig().mask_lr)  # its own defaults
     ns = parser.parse_args(["--method", "ksm", "--exclude-modules", ".*conv_dw"])
     assert adapter_config_from_args(ns, {0: "a"}).exclude_modules == ".*conv_dw"
     ns = parser.parse_args(["--method", "head", "--exclude-modules", ".*conv_dw"])
