@@ -313,7 +313,7 @@ def test_a_registered_method_brings_its_options(monkeypatch: pytest.MonkeyPatch)
     parser = build_train_parser()
     assert _option(parser, "--sharpness").type is float
     assert _option(parser, "--mode").choices == ("soft", "hard")
-    assert "ksm 0.0001, piggyback 0.0001, toy 0.0001" in _option(parser, "--mask-lr").help
+    assert "ksm 0.001, piggyback 0.0001, toy 0.0001" in _option(parser, "--mask-lr").help
     argv = ["--method", "toy", "--model", "m", "--sharpness", "3", "--mode", "hard"]
     config = adapter_config_from_args(parse_train_args(parser, argv), {0: "a"})
     assert (type(config), config.sharpness, config.mode) == (ToyConfig, 3.0, "hard")
