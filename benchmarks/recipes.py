@@ -38,6 +38,11 @@ GRID: list[tuple[Variant, tuple[str, ...], int]] = [
         1,
     ),
     (
+        Variant("piggyback lr 2e-4 no depthwise", "piggyback", ("--mask-lr", "2e-4", "--exclude-modules", ".*conv_dw")),
+        ("mnist-5k",),
+        2,
+    ),
+    (
         Variant("piggyback lr 3e-4 no depthwise", "piggyback", ("--mask-lr", "3e-4", "--exclude-modules", ".*conv_dw")),
         ("mnist-5k",),
         2,
