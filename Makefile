@@ -39,9 +39,9 @@ TORCH_CHECK := import torch, torchvision; print(f"torch {torch.__version__}, tor
 MIN_VENV ?= .venv-min
 MIN_BIN := $(MIN_VENV)/bin
 MIN_STAMP := $(MIN_VENV)/.pb-adapters-min-installed
-MIN_EXTRAS := --extra test --extra examples
+MIN_EXTRAS := --extra test --extra examples --extra benchmarks
 UV_VERSION ?= 0.13.9
-VERSIONS := import importlib.metadata as m; print("; ".join(f"{d} {m.version(d)}" for d in ("torch", "torchvision", "timm", "transformers", "huggingface-hub", "accelerate", "datasets", "safetensors", "numpy", "pillow", "matplotlib", "constriction")))
+VERSIONS := import importlib.metadata as m; print("; ".join(f"{d} {m.version(d)}" for d in ("torch", "torchvision", "timm", "transformers", "huggingface-hub", "accelerate", "datasets", "safetensors", "numpy", "pillow", "matplotlib", "constriction", "peft")))
 
 .PHONY: help install demo test test-min lint format docs docs-serve clean
 

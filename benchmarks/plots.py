@@ -28,25 +28,24 @@ def _save(figure: Any, folder: Path, name: str) -> Path:
 
 
 def accuracy_plot(data: dict[str, Any], folder: Path) -> Path:
-    """Test top-1 per method and task, mean with the seeds' standard deviation."""
-    rows = data["rows"]
+    """Test top-1 against bytes stored per task (log scale), one panel per task, mean ± sd."""
+    rows = [r for r in data["rows"] if "weights_bytes" in r]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    figure = _figure(7.5, 3.6)
-    axes = figure.add_subplot(1, 1, 1)
-    width = 0.8 / len(tasks)
-    for t, task in enumerate(tasks):
-        by_method = {r["method"]: r["test_accuracy"] for r in rows if r["task"] == task}
-        xs = [m + (t - (len(tasks) - 1) / 2) * width for m in range(len(methods))]
-        means = [100 * by_method[m]["mean"] if m in by_method else 0.0 for m in methods]
-        stds = [100 * by_method[m]["std"] if m in by_method else 0.0 for m in methods]
-        axes.bar(xs, means, width, yerr=stds, capsize=3, label=task)
-    axes.set_xticks(range(len(methods)), methods)
-    axes.set_ylabel("test top-1 (%)")
-    axes.set_ylim(0, 100)
-    axes.set_title(f"same budget, {rows[0]['seeds']} seeds (mean ± std)")
-    axes.legend(loc="lower right", fontsize=8)
-    axes.grid(axis="y", alpha=0.3)
+    figure = _figure(5.2 * len(tasks) + 1.6, 3.8)
+    for index, task in enumerate(tasks):
+        axes = figure.add_subplot(1, len(tasks), index + 1)
+        for r in (r for r in rows if r["task"] == task):
+            acc = r["test_accuracy"]
+            axes.errorbar(
+                r["weights_bytes"]["mean"], 100 * acc["mean"], yerr=100 * acc["std"],
+                fmt="o", capsize=3, label=r["method"],
+            )  # fmt: skip
+        axes.set_xscale("log")
+        axes.set_xlabel("bytes stored per task")
+        axes.set_ylabel("test top-1 (%)")
+        axes.set_title(f"{task} ({rows[0]['seeds']} seeds, mean ± sd)")
+        axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
     return _save(figure, folder, "accuracy.png")
 
 

@@ -31,6 +31,8 @@ def test_accuracy_and_training_sections(tmp_path: Path, monkeypatch: pytest.Monk
     rows = [
         {"task": "mnist-5k", "method": "piggyback", "seeds": 3,
          "test_accuracy": _spread(0.95, 0.01), "train_seconds": _spread(60),
+         "validation_accuracy": _spread(0.94, 0.02), "weights_bytes": _spread(90000),
+         "bits_per_backbone_weight": 0.2, "step_time_ratio": 1.0,
          "mask_zeros_fraction": _spread(0.02)},
         {"task": "mnist-5k", "method": "finetune", "seeds": 3,
          "test_accuracy": _spread(0.97, 0.005), "train_seconds": _spread(80)},
@@ -60,8 +62,9 @@ def test_accuracy_and_training_sections(tmp_path: Path, monkeypatch: pytest.Monk
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](images/benchmarks/{name})" in text
     assert "## Accuracy" in text and "## Training cost" in text
-    assert "| piggyback | 95.0% ± 1.0 (n=3) | 94.0-96.0% | -2.0 points | 60 s | 2.00% |" in text
-    assert "| finetune | 97.0% ± 0.5 (n=3) |" in text
+    row = "| piggyback | 95.0% ± 1.0 | 94.0% ± 2.0 | 90,000 | 0.200 | 1.00 | 2.00% | 60 s |"
+    assert row in text
+    assert "| finetune | 97.0% ± 0.5 | - | - | - | - | - | 80 s |" in text
     assert "| 64 px x 32 | 1 | piggyback | 10 | 200.0 ms | 1.25x | 1.0 MiB | 1.00x |" in text
 
 
@@ -123,3 +126,36 @@ def test_multitask_section_shows_before_and_after(tmp_path, monkeypatch):
     assert "| resnet50 | after | 53 | 229 | 5 | 0 | 335 ÷ 229 = 1.46x | 916 |" in text
     assert "load average 6.5 at the start, 7.5 at the end" in text
     assert "| resnet50 | 1 | 1.0 MiB | 1.0 MiB | 0.5 MiB | 0.0 MiB | 2.0 MiB | 4.0 MiB |" in text
+
+
+def test_recipes_section_lists_validation_and_test() -> None:
+    data = {
+        "machine": MACHINE,
+        "budget": {"epochs": 3, "max_train": 800, "image_size": 48},
+        "rows": [
+            {"task": "mnist-5k", "method": "piggyback lr 3e-4", "seeds": 2,
+             "test_accuracy": _spread(0.9), "validation_accuracy": _spread(0.91, 0.01),
+             "train_seconds": _spread(30), "mask_zeros_fraction": _spread(0.01),
+             "weights_bytes": _spread(70000)},
+            {"task": "mnist-5k", "method": "packnet prune 0.5", "seeds": 1,
+             "test_accuracy": _spread(0.8), "train_seconds": _spread(30),
+             "pruned_fraction": _spread(0.5)},
+        ],
+    }  # fmt: skip
+    text = "\n".join(report.recipes_section(data))
+    assert (
+        "| piggyback lr 3e-4 | mnist-5k | 2 | 91.0% ± 1.0 | 90.0% ± 0.0 | 1.00% | 70,000 |" in text
+    )
+    assert "| packnet prune 0.5 | mnist-5k | 1 | - | 80.0% ± 0.0 | 50.00% | - |" in text
+
+
+def test_lora_demo_section_reports_the_run() -> None:
+    data = {
+        "machine": MACHINE,
+        "budget": {"epochs": 5, "image_size": 64, "batch_size": 32, "seed": 0},
+        "run": {"method": "lora r=4", "test_accuracy": 0.974, "validation_accuracy": 0.98,
+                "best_epoch": 4, "weights_bytes": 424704},
+    }  # fmt: skip
+    text = "\n".join(report.lora_demo_section(data))
+    assert "lora r=4 reached 97.4% test top-1 (best validation 98.0%, epoch 4)" in text
+    assert "a 424,704-byte adapter" in text

@@ -13,15 +13,17 @@ from typing import ClassVar, Literal
 import pytest
 import torch
 
-from pb_adapters import PiggybackConfig
+from pb_adapters import KSMConfig, PiggybackConfig
 from pb_adapters.config import AdapterConfig
 from pb_adapters.errors import ConfigError
 from pb_adapters.registry import available_methods, get_method
 from pb_adapters.serialization import read_adapter_config
 from pb_adapters.training.cli import (
     DEMO_DEFAULTS,
+    TrainOptionError,
     adapter_config_from_args,
     build_train_parser,
+    check_train_options,
     create_backbone,
     load_config_file,
     parse_train_args,
@@ -228,6 +230,25 @@ def test_adapter_config_follows_the_method_and_its_options() -> None:
     assert (config.epochs, config.weight_lr) == (3, 0.02)  # --epochs serves packnet's field
 
 
+def test_exclude_modules_leaves_the_matching_layers_unmasked() -> None:
+    parser = build_train_parser()
+    config = adapter_config_from_args(parser.parse_args(["--model", "m"]), {0: "a"})
+    assert (config.exclude_modules, config.mask_lr) == (None, PiggybackConfig().mask_lr)
+    demo = adapter_config_from_args(parser.parse_args([]), {0: "a"})  # the demo's recipe
+    assert (demo.exclude_modules, demo.mask_lr) == (".*conv_dw", 3e-4)
+    ns = parser.parse_args(["--mask-lr", "1e-4", "--exclude-modules", "blocks"])
+    assert adapter_config_from_args(ns, {0: "a"}).exclude_modules == "blocks"
+    ns = parser.parse_args(["--exclude-modules", ""])  # the demo with every layer masked
+    assert adapter_config_from_args(ns, {0: "a"}).exclude_modules is None
+    ksm = adapter_config_from_args(parser.parse_args(["--method", "ksm"]), {0: "a"})
+    assert (ksm.exclude_modules, ksm.mask_lr) == (None, KSMConfig().mask_lr)  # its own defaults
+    ns = parser.parse_args(["--method", "ksm", "--exclude-modules", ".*conv_dw"])
+    assert adapter_config_from_args(ns, {0: "a"}).exclude_modules == ".*conv_dw"
+    ns = parser.parse_args(["--method", "head", "--exclude-modules", ".*conv_dw"])
+    with pytest.raises(TrainOptionError, match="--exclude-modules applies to adapter methods"):
+        check_train_options(ns)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -292,7 +313,7 @@ def test_a_registered_method_brings_its_options(monkeypatch: pytest.MonkeyPatch)
     parser = build_train_parser()
     assert _option(parser, "--sharpness").type is float
     assert _option(parser, "--mode").choices == ("soft", "hard")
-    assert "ksm 0.0001, piggyback 0.0001, toy 0.0001" in _option(parser, "--mask-lr").help
+    assert "ksm 0.001, piggyback 0.0001, toy 0.0001" in _option(parser, "--mask-lr").help
     argv = ["--method", "toy", "--model", "m", "--sharpness", "3", "--mode", "hard"]
     config = adapter_config_from_args(parse_train_args(parser, argv), {0: "a"})
     assert (type(config), config.sharpness, config.mode) == (ToyConfig, 3.0, "hard")

@@ -60,6 +60,8 @@ class PackNetTaskResult:
         test: test metrics of the packed task (``top1``, ``top5``, ``loss``...).
         pruned: mean fraction of its trained weights released for later tasks (0 if unpruned).
         train_seconds: time of both phases (training loops and evaluation).
+        validation: validation metrics of the restored epoch of the last phase (what a pruning
+            ratio is chosen on; empty without a validation split).
     """
 
     name: str
@@ -67,6 +69,7 @@ class PackNetTaskResult:
     test: dict[str, float]
     pruned: float
     train_seconds: float
+    validation: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _phase_args(base: TrainingArguments, config: PackNetConfig, phase: str) -> TrainingArguments:
@@ -137,7 +140,9 @@ def train_packnet_task(
         "test_top5_accuracy": result.test.get("top5"),
     }
     model.record_metrics(name, {k: v for k, v in metrics.items() if v is not None}, [splits.name])
-    return PackNetTaskResult(name, splits.name, dict(result.test), pruned, seconds)
+    return PackNetTaskResult(
+        name, splits.name, dict(result.test), pruned, seconds, dict(result.validation)
+    )
 
 
 def _task_name(source: str | None, taken: set[str]) -> str:

@@ -30,12 +30,14 @@ class KSMConfig(AdapterConfig):
         temperature: Temperature of the two-state softmax. The relaxed binary part is
             ``sigmoid(r / temperature)``; small values keep it close to the hard 0/1 used in eval.
         real_scale: Factor of the real part, ``real_scale * (r - mask_init)``; 0 leaves only the
-            binary part. 10 turns Adam's ``1e-4`` steps on ``r`` into ``1e-3`` steps of the
-            kernel's scale (chosen on the demo's validation split over 1 and 10).
+            binary part. 10 turns Adam's steps on ``r`` (about ``mask_lr`` each) into 10x larger
+            steps of the kernel's scale (chosen on the demo's validation split over 1 and 10).
         block_size: Where a kernel is a single weight (``Linear`` layers and 1x1 convolutions),
             how many consecutive input connections of one output share a mask entry. 9 gives
             these layers the cost of a 3x3 convolution, about 1 bit per weight.
-        mask_lr: Adam learning rate of the mask entries.
+        mask_lr: Adam learning rate of the mask entries. ``1e-3``, chosen on validation over
+            ``1e-4`` (the demo at 5 epochs: 97.9% test top-1 against 95.7%; see the method's
+            docs page).
         head_lr: Adam learning rate of the task head.
         norm_lr: Learning rate of per-task norm layers when ``train_norms`` is set.
 
@@ -49,7 +51,7 @@ class KSMConfig(AdapterConfig):
     temperature: float = 1e-3
     real_scale: float = 10.0
     block_size: int = 9
-    mask_lr: float = 1e-4
+    mask_lr: float = 1e-3
     head_lr: float = 1e-4
     norm_lr: float = 1e-4
 

@@ -82,6 +82,12 @@ def _add_model_options(g: Any) -> None:
     g.add_argument(
         "--train-norms", action="store_true", help="also train per-task norm layers (adapters)"
     )
+    g.add_argument(
+        "--exclude-modules",
+        metavar="REGEX",
+        help="leave the modules whose full name matches REGEX unmasked (adapters), e.g. "
+        "'.*conv_dw' for the depthwise convolutions of timm's EfficientNets",
+    )
 
 
 def _add_data_options(g: Any) -> None:
@@ -523,6 +529,8 @@ def _check_run_options(ns: argparse.Namespace, spec: MethodSpec | None) -> None:
         raise TrainOptionError("--hub-private applies to the repository of --push-to-hub")
     if ns.train_norms and spec is None:
         raise TrainOptionError(f"--train-norms applies to adapter methods, not to {method}")
+    if getattr(ns, "exclude_modules", None) and spec is None:
+        raise TrainOptionError(f"--exclude-modules applies to adapter methods, not to {method}")
     if ns.mask_encoding is not None and (spec is None or not spec.layer_class.bit_plane_keys):
         what = "saves no adapter artifact" if spec is None else "stores no masks to encode"
         raise TrainOptionError(f"--mask-encoding does not apply to --method {method}: it {what}")
