@@ -65,8 +65,8 @@ def multitask_section(data: dict[str, Any]) -> list[str]:
     batch = first["batch"]
     start, end = data.get("load_average_start"), data.get("load_average_end")
     load = (
-        f" The machine was shared: load average {start[0]:.1f} at the start, {end[0]:.1f} at the "
-        "end, on its cores; read the ratios with that noise in mind."
+        f" Load average (one minute) {start[0]:.1f} at the start, {end[0]:.1f} at the end, on "
+        "its cores; read the ratios with that noise in mind."
         if start and end
         else ""
     )

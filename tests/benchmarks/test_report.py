@@ -124,7 +124,7 @@ def test_multitask_section_shows_before_and_after(tmp_path, monkeypatch):
     assert "| resnet50 | after | 1.01x | 1.05x | 1.20x | 1.40x / 0.80x |" in text
     assert "| resnet50 | before | 53 | 229 | 5 | 0 | 2784 ÷ 229 = 12.16x | - |" in text
     assert "| resnet50 | after | 53 | 229 | 5 | 0 | 335 ÷ 229 = 1.46x | 916 |" in text
-    assert "load average 6.5 at the start, 7.5 at the end" in text
+    assert "Load average (one minute) 6.5 at the start, 7.5 at the end" in text
     assert "| resnet50 | 1 | 1.0 MiB | 1.0 MiB | 0.5 MiB | 0.0 MiB | 2.0 MiB | 4.0 MiB |" in text
 
 
