@@ -2,7 +2,7 @@
 
 python -m benchmarks            # every benchmark
 python -m benchmarks --quick    # fewer repeats and task counts
-python -m benchmarks --only hub # one part: accuracy, training, multitask, hub, storage
+python -m benchmarks --only hub # one part: accuracy, training, determinism, multitask, hub, storage
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 
 from benchmarks.report import render
 
-PARTS = ["accuracy", "training", "multitask", "hub", "storage"]
+PARTS = ["accuracy", "training", "determinism", "multitask", "hub", "storage"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -424,11 +424,33 @@ def storage_section(data: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def determinism_section(data: dict[str, Any]) -> list[str]:
+    """``determinism-cpu.json``: a training step with and without ``--deterministic``."""
+    times = data["step_seconds"]
+    return [
+        "## What `--deterministic` costs",
+        "",
+        "`python -m benchmarks.determinism`: piggyback training steps of the demo backbone "
+        f"(batch {data['batch']} at {data['image_size']} px, forward, backward and Adam), "
+        "inside and outside deterministic algorithms in alternation (medians of "
+        f"{data['repeats']}).",
+        "",
+        _machine(data),
+        "",
+        "| default step | deterministic step | deterministic ÷ default |",
+        "|---|---|---|",
+        f"| {_ms(times['default'])} | {_ms(times['deterministic'])} | "
+        f"{data['deterministic_over_default']:.3f} |",
+        "",
+    ]
+
+
 SECTIONS = {
     "accuracy-cpu": accuracy_section,
     "lora-demo-cpu": lora_demo_section,
     "recipes-cpu": recipes_section,
     "training-cpu": training_section,
+    "determinism-cpu": determinism_section,
     "multitask-cpu": multitask_section,
     "hub-cpu": hub_section,
     "storage-cpu": storage_section,

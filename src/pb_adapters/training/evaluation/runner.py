@@ -189,9 +189,12 @@ def evaluate_adapter(
             out of the training data exactly as training does (same fractions and seed).
         base_model: for a saved task, the base to load it onto (default: the one it records).
         top_k: the ``k`` of top-k accuracy.
-        batch_size / num_workers: the ``DataLoader``'s (workers default as in training).
-        image_size / crop_pct: evaluation pre-processing (default: the model's own data config;
-            the demo's 64 px, uncropped, for a demo task on demo data).
+        batch_size: the ``DataLoader``'s batch size.
+        num_workers: the ``DataLoader``'s workers (default as in training).
+        image_size: evaluation input size (default: the model's own data config; the demo's
+            64 px for a demo task on demo data).
+        crop_pct: evaluation centre-crop fraction (default: the model's own data config;
+            uncropped for a demo task on demo data).
         max_samples: score only the first ``max_samples`` images of the split.
         device: where to run (default: the model's device; for a saved task, CUDA when present).
         data_options: more :func:`~pb_adapters.training.load_datasets` keywords
