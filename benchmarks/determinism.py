@@ -2,7 +2,9 @@
 
 The same piggyback model (the offline ImageNet EfficientNet-Lite0) and batch take training steps
 (forward, cross-entropy, backward, Adam) in alternation inside and outside
-:func:`pb_adapters.training.determinism.deterministic`; the ratio of the medians is the cost.
+:func:`pb_adapters.training.determinism.deterministic`; the ratio of the medians is the cost. A
+third variant runs deterministically without torch filling every new tensor
+(``torch.utils.deterministic.fill_uninitialized_memory``), to show what that filling costs.
 
 python -m benchmarks.determinism [--device cuda] [--quick]
 """
@@ -40,12 +42,19 @@ def _step(device: str, image_size: int, batch: int) -> Callable[[], None]:
     return step
 
 
-def _inside(step: Callable[[], None]) -> Callable[[], None]:
+def _inside(step: Callable[[], None], fill: bool = True) -> Callable[[], None]:
+    """``step`` under deterministic algorithms; ``fill=False`` turns off torch's filling of
+    new tensors (``torch.utils.deterministic.fill_uninitialized_memory``) within it."""
     from pb_adapters.training.determinism import deterministic
 
     def deterministic_step() -> None:
         with deterministic():
-            step()
+            previous = torch.utils.deterministic.fill_uninitialized_memory
+            torch.utils.deterministic.fill_uninitialized_memory = fill
+            try:
+                step()
+            finally:
+                torch.utils.deterministic.fill_uninitialized_memory = previous
 
     return deterministic_step
 
@@ -55,13 +64,19 @@ def run(quick: bool = False, device: str = "cpu") -> dict[str, Any]:
     image_size, batch = (64, 32) if device == "cpu" else (224, 64)
     step = _step(device, image_size, batch)
     repeats = 5 if quick else 15
-    times = interleaved_medians({"default": step, "deterministic": _inside(step)}, repeats)
+    candidates = {
+        "default": step,
+        "deterministic": _inside(step),
+        "deterministic_without_fill": _inside(step, fill=False),
+    }
+    times = interleaved_medians(candidates, repeats)
     result = {
         "image_size": image_size,
         "batch": batch,
         "repeats": repeats,
         "step_seconds": times,
         "deterministic_over_default": times["deterministic"] / times["default"],
+        "without_fill_over_default": times["deterministic_without_fill"] / times["default"],
     }
     write_result(f"determinism-{device}", result)
     return result

@@ -15,6 +15,11 @@ def test_the_timed_step_runs_under_deterministic_algorithms_and_they_are_undone(
     step()
     assert seen == [True]
     assert torch.are_deterministic_algorithms_enabled() == before
+    fills = []
+    determinism._inside(
+        lambda: fills.append(torch.utils.deterministic.fill_uninitialized_memory), fill=False
+    )()
+    assert fills == [False] and torch.utils.deterministic.fill_uninitialized_memory
 
 
 def test_the_section_shows_both_steps_and_their_ratio() -> None:
@@ -25,6 +30,7 @@ def test_the_section_shows_both_steps_and_their_ratio() -> None:
         "repeats": 15,
         "step_seconds": {"default": 0.5, "deterministic": 0.55},
         "deterministic_over_default": 1.1,
+        "without_fill_over_default": 1.01,
     }
     text = "\n".join(report.determinism_section(data))
-    assert "| 500.0 ms | 550.0 ms | 1.100 |" in text
+    assert "| 500.0 ms | 550.0 ms | 1.100 | 1.01x |" in text
