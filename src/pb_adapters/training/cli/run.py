@@ -395,6 +395,11 @@ def _finish(
         if summary["test_accuracy"] is not None
         else f"done in {summary['total_seconds']:.0f}s"
     )
+    # A launched run ends its process group itself, every rank at once: left to the interpreter's
+    # exit, a sharded (FSDP) rank's communication threads were torn down while still joinable,
+    # which aborted it ("terminate called without an active exception") after a finished run.
+    acc.wait_for_everyone()
+    acc.state.destroy_process_group()
     return summary
 
 
