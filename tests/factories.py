@@ -102,6 +102,18 @@ def call(model, x: torch.Tensor) -> torch.Tensor:
     return logits(model(pixel_values=x) if is_transformers else model(x))
 
 
+def call_task(model, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Logits of task ``name`` alone on ``x`` (``BASE_ADAPTER_NAME``: the plain base); a task
+    name stays the active adapter afterwards."""
+    from pb_adapters.model import BASE_ADAPTER_NAME
+
+    if name == BASE_ADAPTER_NAME:
+        with model.disable_adapter():
+            return call(model, x)
+    model.set_adapter(name)
+    return call(model, x)
+
+
 def train_steps(model, x: torch.Tensor, y: torch.Tensor, steps: int = 3, lr: float = 1e-2) -> None:
     """A few Adam steps on the active adapter's trainable parameters; leaves the model in eval."""
     params = [p for group in model.parameter_groups().values() for p in group]

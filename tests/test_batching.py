@@ -11,6 +11,7 @@ from pb_adapters.model import BASE_ADAPTER_NAME
 from tests.factories import (
     assert_mixed_close,
     call,
+    call_task,
     count_ops,
     frozen_tasks,
     tiny_timm,
@@ -45,12 +46,7 @@ def _check_against_per_task_runs(model, x, names):
     with torch.no_grad():
         for name in dict.fromkeys(names):
             rows = [i for i, n in enumerate(names) if n == name]
-            if name == BASE_ADAPTER_NAME:
-                with model.disable_adapter():
-                    alone = call(model, x[rows])
-            else:
-                model.set_adapter(name)
-                alone = call(model, x[rows])
+            alone = call_task(model, name, x[rows])
             width = alone.shape[1]
             assert_mixed_close(mixed[rows, :width], alone)
             assert torch.all(mixed[rows, width:] == float("-inf"))

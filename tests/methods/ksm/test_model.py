@@ -19,7 +19,7 @@ from pb_adapters import (
 from pb_adapters.methods.ksm import KSMLayer
 from pb_adapters.model import BASE_ADAPTER_NAME
 from pb_adapters.serialization import ARTIFACT_CONFIG_NAME
-from tests.factories import call, tiny_timm, tiny_transformers, train_steps
+from tests.factories import call, call_task, tiny_timm, tiny_transformers, train_steps
 from tests.hub_server import LocalHub
 
 
@@ -128,12 +128,7 @@ def test_tasks_switch_mix_and_merge(tmp_path):
     for name in ("cars", "birds", BASE_ADAPTER_NAME):
         rows = [i for i, n in enumerate(names) if n == name]
         torch.testing.assert_close(mixed[rows, : expected[name].shape[1]], expected[name][rows])
-        if name == BASE_ADAPTER_NAME:
-            with model.disable_adapter():
-                alone = call(model, x[rows])
-        else:
-            model.set_adapter(name)
-            alone = call(model, x[rows])
+        alone = call_task(model, name, x[rows])
         assert torch.equal(mixed[rows, : alone.shape[1]], alone), name
 
     # Frozen reloads of both tasks onto one fresh base switch back and forth exactly.
